@@ -1,11 +1,11 @@
 """The `tandem` command line.
 
-  tandem train RECIPE [key.sub=value ...]     train from a recipe file or a bundled recipe name
-  tandem train --resume RUN_DIR [key=value]   continue a run from its latest checkpoint
-  tandem quickstart [--output-dir DIR]        SmolLM2-135M, a hybrid recipe, before/after table
-  tandem eval MODEL --task NAME               accuracy / pass@k of a model on a task
-  tandem recipes                              method presets and bundled recipes, one line each
-  tandem tasks                                built-in tasks, one line each
+tandem train RECIPE [key.sub=value ...]     train from a recipe file or a bundled recipe name
+tandem train --resume RUN_DIR [key=value]   continue a run from its latest checkpoint
+tandem quickstart [--output-dir DIR]        SmolLM2-135M, a hybrid recipe, before/after table
+tandem eval MODEL --task NAME               accuracy / pass@k of a model on a task
+tandem recipes                              method presets and bundled recipes, one line each
+tandem tasks                                built-in tasks, one line each
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from tandem.errors import TandemError
 
 def bundled_recipes() -> dict[str, Path]:
     root = resources.files("tandem") / "recipes"
-    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return {
+        p.name.removesuffix(".yaml"): Path(str(p))
+        for p in root.iterdir()
+        if p.name.endswith(".yaml")
+    }
 
 
 def _recipe_path(name: str) -> str:
@@ -41,9 +45,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides = ([args.recipe] if args.recipe else []) + args.overrides
         summary = train_from_files(None, overrides, resume_dir=args.resume)
+    elif args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
+        # no recipe file: defaults plus overrides (`tandem train method=sft steps=5 ...`)
+        summary = train_from_files(None, [args.recipe, *args.overrides])
     else:
         if not args.recipe:
-            raise TandemError("tandem train: give a RECIPE (a YAML file or a bundled name) or --resume RUN_DIR")
+            raise TandemError(
+                "tandem train: give a RECIPE (a YAML file or a bundled name) or --resume RUN_DIR"
+            )
         summary = train_from_files(_recipe_path(args.recipe), args.overrides)
     print(json.dumps(summary, indent=2))
     return 0
@@ -62,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tandem.encode import Encoder
     from tandem.eval.evaluate import evaluate
     from tandem.model.load import eos_token_ids, load_model
-    from tandem.tasks.base import get_task
+    from tandem.tasks import get_task
 
     params = {}
     for kv in args.param:
@@ -104,13 +113,15 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"  {p.name:<14} {p.summary}")
     print("bundled recipes (tandem train NAME):")
     for name, path in sorted(bundled_recipes().items()):
-        first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        first = next(
+            (ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), ""
+        )
         print(f"  {name:<14} {first}")
     return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from tandem.tasks.base import list_tasks
+    from tandem.tasks import list_tasks
 
     for name, desc in list_tasks():
         print(f"  {name:<18} {desc}")
@@ -118,24 +129,42 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tandem", description="Post-training where SFT and RL work in tandem.")
+    ap = argparse.ArgumentParser(
+        prog="tandem", description="Post-training where SFT and RL work in tandem."
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train from a recipe (YAML file or bundled name) with key.sub=value overrides")
-    t.add_argument("recipe", nargs="?", help="recipe YAML path or bundled recipe name (see `tandem recipes`)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=50 objective.clip_high=0.28")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    t = sub.add_parser(
+        "train", help="train from a recipe (YAML file or bundled name) with key.sub=value overrides"
+    )
+    t.add_argument(
+        "recipe", nargs="?", help="recipe YAML path or bundled recipe name (see `tandem recipes`)"
+    )
+    t.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. steps=50 objective.clip_high=0.28"
+    )
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+    )
     t.set_defaults(fn=cmd_train)
 
-    q = sub.add_parser("quickstart", help="SmolLM2-135M-Instruct + sft_then_grpo on arithmetic, before/after table")
-    q.add_argument("--output-dir", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    q = sub.add_parser(
+        "quickstart", help="SmolLM2-135M-Instruct + sft_then_grpo on arithmetic, before/after table"
+    )
+    q.add_argument(
+        "--output-dir", default="runs/quickstart", help="run directory (default runs/quickstart)"
+    )
     q.add_argument("overrides", nargs="*", help="dotted overrides of the quickstart recipe")
     q.set_defaults(fn=cmd_quickstart)
 
-    e = sub.add_parser("eval", help="evaluate a model (tiny, smollm2-135m, or a local HF dir) on a task")
+    e = sub.add_parser(
+        "eval", help="evaluate a model (tiny, smollm2-135m, or a local HF dir) on a task"
+    )
     e.add_argument("model")
     e.add_argument("--task", required=True)
-    e.add_argument("--param", action="append", default=[], help="task parameter key=value (repeatable)")
+    e.add_argument(
+        "--param", action="append", default=[], help="task parameter key=value (repeatable)"
+    )
     e.add_argument("--splits", default="eval,ood", help="comma-separated splits (train, eval, ood)")
     e.add_argument("--prompts", type=int, default=64, help="prompts per split")
     e.add_argument("--max-new-tokens", type=int, default=32)
@@ -145,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bf16", action="store_true", help="bf16 autocast")
     e.set_defaults(fn=cmd_eval)
 
-    sub.add_parser("recipes", help="list method presets and bundled recipes").set_defaults(fn=cmd_recipes)
+    sub.add_parser("recipes", help="list method presets and bundled recipes").set_defaults(
+        fn=cmd_recipes
+    )
     sub.add_parser("tasks", help="list built-in tasks").set_defaults(fn=cmd_tasks)
     return ap
 

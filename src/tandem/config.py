@@ -88,7 +88,9 @@ class ObjectiveConfig(_Strict):
     """Clip range [1 - clip_low, 1 + clip_high]; DAPO clip-higher uses 0.28."""
     clip_ratio_c: float | None = 3.0
     """Dual-clip bound for negative advantages (verl default 3.0); null disables it."""
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"
+    agg: Literal[
+        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+    ] = "token-mean"
     """How the RL term's per-token losses are normalized (see `tandem.algo.aggregate`)."""
     agg_const_len: int | None = None
     """The constant length for `seq-mean-token-sum-norm`; default: max_new_tokens."""
@@ -231,7 +233,11 @@ def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
         b = out.get(k)
-        if isinstance(b, dict) and isinstance(v, dict) and v.get("kind", b.get("kind")) == b.get("kind"):
+        if (
+            isinstance(b, dict)
+            and isinstance(v, dict)
+            and v.get("kind", b.get("kind")) == b.get("kind")
+        ):
             out[k] = _deep_merge(b, v)
         else:
             out[k] = v

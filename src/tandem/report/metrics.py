@@ -24,7 +24,9 @@ class MetricsWriter:
         """On resume: drop lines logged after the checkpoint's step (they will be redone)."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep))
         tmp.replace(self.path)

@@ -50,7 +50,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], config_yaml: str, keep: int = 2
+    run_dir: Path,
+    step: int,
+    model,
+    tokenizer,
+    trainer_state: dict[str, Any],
+    config_yaml: str,
+    keep: int = 2,
 ) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)

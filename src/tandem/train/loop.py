@@ -24,7 +24,7 @@ from tandem.eval.evaluate import evaluate
 from tandem.model.load import eos_token_ids, load_model
 from tandem.report.metrics import MetricsWriter, read_metrics
 from tandem.report.plots import plot_curves
-from tandem.tasks.base import get_task
+from tandem.tasks import get_task
 from tandem.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -69,7 +69,9 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     mu = cfg.objective.mu
     needs_demos = cfg.objective.demo_in_group or not (mu.kind == "constant" and mu.value == 0)
     if needs_demos and not demos:
-        raise TandemError(f"method {cfg.method} needs demonstrations, but task {cfg.task.name} has no gold solutions")
+        raise TandemError(
+            f"method {cfg.method} needs demonstrations, but task {cfg.task.name} has no gold solutions"
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     encoder = Encoder(tok, cfg.task.system_prompt)
@@ -155,9 +157,7 @@ def _trainer_state(st: RunState) -> dict[str, Any]:
     }
 
 
-def train(
-    cfg: RunConfig, *, resume: bool = False, log=print
-) -> dict[str, Any]:
+def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
     """Run (or resume) a training run; return the summary also written to summary.json."""
     run_dir = cfg.run_dir()
     t_start = time.perf_counter()
@@ -191,8 +191,12 @@ def train(
         log(f"nothing to do: the run is at step {start} of {cfg.steps} (raise `steps` to go on)")
 
     evals = {
-        "eval": st.task.examples("eval", cfg.eval.prompts, seed=cfg.seed) if cfg.eval.prompts else [],
-        "ood": st.task.examples("ood", cfg.eval.ood_prompts, seed=cfg.seed) if cfg.eval.ood_prompts else [],
+        "eval": st.task.examples("eval", cfg.eval.prompts, seed=cfg.seed)
+        if cfg.eval.prompts
+        else [],
+        "ood": st.task.examples("ood", cfg.eval.ood_prompts, seed=cfg.seed)
+        if cfg.eval.ood_prompts
+        else [],
     }
     evals = {k: v for k, v in evals.items() if v}
     if start == 0 and cfg.eval.before and evals:
@@ -202,7 +206,9 @@ def train(
 
     from tandem.report.progress import StepProgress
 
-    with StepProgress(cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log) as bar:
+    with StepProgress(
+        cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log
+    ) as bar:
         for k in range(start, cfg.steps):
             m = train_step(st, k)
             step = k + 1
@@ -215,13 +221,23 @@ def train(
                 bar.log(f"eval step {step}: " + _fmt(em))
             if (cfg.save_every and step % cfg.save_every == 0) or last:
                 save_checkpoint(
-                    run_dir, step, st.model, st.tokenizer, _trainer_state(st), dump_config(cfg), cfg.keep_checkpoints
+                    run_dir,
+                    step,
+                    st.model,
+                    st.tokenizer,
+                    _trainer_state(st),
+                    dump_config(cfg),
+                    cfg.keep_checkpoints,
                 )
     writer.close()
     summary = summarize(cfg, run_dir, wall=time.perf_counter() - t_start)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} on {cfg.task.name}")
+        plot_curves(
+            run_dir / "metrics.jsonl",
+            run_dir / "curves.png",
+            title=f"{cfg.method} on {cfg.task.name}",
+        )
     except Exception as e:  # a plotting problem must not lose a finished run
         log(f"warning: could not draw curves.png: {e}")
     return summary
@@ -257,7 +273,9 @@ def summarize(cfg: RunConfig, run_dir: Path, wall: float) -> dict[str, Any]:
     }
 
 
-def train_from_files(recipe: str | None, overrides: list[str], resume_dir: str | None = None) -> dict:
+def train_from_files(
+    recipe: str | None, overrides: list[str], resume_dir: str | None = None
+) -> dict:
     if resume_dir is not None:
         cfg_path = Path(resume_dir) / "config.yaml"
         if not cfg_path.exists():

@@ -102,7 +102,9 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
                 st.task, prompts, [ex.solution or "" for ex in prompts]
             )
             for g, (ex, s) in enumerate(zip(prompts, demo_scores)):
-                items.append(Item(st.encoder.prompt(ex), st.encoder.demo(ex), "offpolicy", g, s.reward))
+                items.append(
+                    Item(st.encoder.prompt(ex), st.encoder.demo(ex), "offpolicy", g, s.reward)
+                )
             m["reward/demo_mean"] = sum(s.reward for s in demo_scores) / len(demo_scores)
         rewards = torch.tensor([s.reward for s in scores])
         m["reward/mean"] = rewards.mean().item()
