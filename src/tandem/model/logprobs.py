@@ -1,0 +1,150 @@
+"""Per-token log-probabilities (and entropies) of given sequences, without full (B, T, V) logits.
+
+Shapes: B = batch, T = sequence length, H = hidden size, V = vocab, N = number of target tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def position_ids_from_mask(attention_mask_BT: Tensor) -> Tensor:
+    """Positions counting only attended tokens: cumsum(mask) - 1, clamped at 0. Shape (B, T).
+
+    Works for left and right padding (pad positions get a harmless position).
+    """
+    return (attention_mask_BT.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    """The base transformer (no LM head) of a *ForCausalLM model."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if get is not None else None
+    if decoder is None or decoder is model:
+        decoder = getattr(model, model.base_model_prefix)
+    return decoder
+
+
+def _chunk_logp_entropy(
+    lm_head: nn.Module, hidden_NH: Tensor, targets_N: Tensor, temperature: float, with_entropy: bool
+) -> tuple[Tensor, Tensor]:
+    """log p(target) and entropy (zeros if not with_entropy) of softmax(lm_head(h) / T). (N,), (N,)."""
+    logits_NV = lm_head(hidden_NH).float()
+    if temperature != 1.0:
+        logits_NV = logits_NV / temperature
+    logp_NV = torch.log_softmax(logits_NV, dim=-1)
+    logp_N = logp_NV.gather(-1, targets_N[:, None]).squeeze(-1)
+    if with_entropy:
+        entropy_N = -(logp_NV.exp() * logp_NV).sum(-1)
+    else:
+        entropy_N = torch.zeros_like(logp_N)
+    return logp_N, entropy_N
+
+
+def _check(
+    input_ids_BT: Tensor, attention_mask_BT: Tensor, target_mask_BT: Tensor, temp: float
+) -> None:
+    if not input_ids_BT.shape == attention_mask_BT.shape == target_mask_BT.shape:
+        raise ValueError(
+            f"shape mismatch: input_ids {tuple(input_ids_BT.shape)}, attention_mask "
+            f"{tuple(attention_mask_BT.shape)}, target_mask {tuple(target_mask_BT.shape)}"
+        )
+    if not temp > 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temp}")
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids_BT: Tensor,
+    attention_mask_BT: Tensor,
+    target_mask_BT: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each target token under the model, computed only where target_mask is set.
+
+    logp_BT[b, t] = log_softmax(logits[b, t - 1] / temperature)[input_ids[b, t]] where
+    target_mask_BT[b, t] (column 0 is never a target), else 0. entropy_BT is the entropy of the
+    same distribution at those positions (0 elsewhere), or None unless with_entropy.
+
+    The base transformer runs once; the LM head runs only on the N hidden rows that predict a
+    target, in chunks of `chunk_tokens` rows. When gradients are on, each chunk is
+    checkpointed, so at most one (chunk_tokens, V) logits block is alive at a time, in the
+    backward pass too. Differentiable w.r.t. the model parameters; autocast-friendly (the
+    log-softmax is done in float32).
+
+    Args:
+        input_ids_BT: (B, T) token ids.
+        attention_mask_BT: (B, T) 1 for real tokens, 0 for padding (left or right).
+        target_mask_BT: (B, T) 1 where the token's log-prob is wanted.
+    Returns:
+        (logp_BT float32, entropy_BT float32 or None).
+    """
+    _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
+    B, T = input_ids_BT.shape
+    out = _decoder(model)(
+        input_ids=input_ids_BT,
+        attention_mask=attention_mask_BT,
+        position_ids=position_ids_from_mask(attention_mask_BT),
+        use_cache=False,
+    )
+    hidden_BTH = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    tmask_BT = target_mask_BT.bool().clone()
+    tmask_BT[:, 0] = False
+    b_N, t_N = tmask_BT.nonzero(as_tuple=True)
+    hidden_NH = hidden_BTH[b_N, t_N - 1]
+    targets_N = input_ids_BT[b_N, t_N]
+    lm_head = model.get_output_embeddings()
+    use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
+    logps, ents = [], []
+    for s in range(0, hidden_NH.shape[0], chunk_tokens):
+        args = (lm_head, hidden_NH[s : s + chunk_tokens], targets_N[s : s + chunk_tokens])
+        if use_ckpt:
+            lp, ent = checkpoint(
+                _chunk_logp_entropy, *args, temperature, with_entropy, use_reentrant=False
+            )
+        else:
+            lp, ent = _chunk_logp_entropy(*args, temperature, with_entropy)
+        logps.append(lp)
+        ents.append(ent)
+    zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=input_ids_BT.device)
+    if not logps:  # no targets at all: keep the graph connected so backward() still works
+        zero = hidden_BTH.float().sum() * 0.0
+        return zeros_BT + zero, (zeros_BT + zero if with_entropy else None)
+    logp_BT = zeros_BT.index_put((b_N, t_N), torch.cat(logps))
+    entropy_BT = zeros_BT.index_put((b_N, t_N), torch.cat(ents)) if with_entropy else None
+    return logp_BT, entropy_BT
+
+
+def token_logprobs_reference(
+    model: nn.Module,
+    input_ids_BT: Tensor,
+    attention_mask_BT: Tensor,
+    target_mask_BT: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, Tensor | None]:
+    """Same contract as token_logprobs, computed naively from full (B, T, V) logits (for tests)."""
+    del chunk_tokens
+    _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
+    logits_BTV = model(
+        input_ids=input_ids_BT,
+        attention_mask=attention_mask_BT,
+        position_ids=position_ids_from_mask(attention_mask_BT),
+        use_cache=False,
+    ).logits
+    logp_BTV = torch.log_softmax(logits_BTV.float()[:, :-1] / temperature, dim=-1)
+    logp_BT = logp_BTV.gather(-1, input_ids_BT[:, 1:, None]).squeeze(-1)
+    keep_BT = target_mask_BT[:, 1:].bool()
+    pad_B1 = torch.zeros_like(logp_BT[:, :1])
+    logp_BT = torch.cat([pad_B1, torch.where(keep_BT, logp_BT, 0.0)], dim=1)
+    if not with_entropy:
+        return logp_BT, None
+    ent_BT = -(logp_BTV.exp() * logp_BTV).sum(-1)
+    return logp_BT, torch.cat([pad_B1, torch.where(keep_BT, ent_BT, 0.0)], dim=1)

@@ -1,0 +1,208 @@
+"""Batched sampling with a KV cache, plus a naive no-cache reference that reproduces it exactly.
+
+Randomness contract (what makes `sample` and `sample_reference` agree token for token): with
+temperature > 0, decode step s (s = 0 for the token predicted by the prompt, 1 for the next...)
+draws exactly one float32 `torch.rand((B, V), generator=generator)` for all B rows (finished or
+not), on the generator's device, then moved to the model's; V = the model's logits width. Row i's next token is the Gumbel-max
+argmax(logits_i / temperature - log(-log(u_i))) over the top-p filtered logits. No draws are made
+after every row has finished, and none with temperature == 0 (greedy argmax).
+
+Shapes: B = batch, P = padded prompt length, V = vocab, N = max_new_tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SampleOutput:
+    """completions[i]: sampled ids (ends with the EOS id if it stopped there, never padded);
+    logprobs[i]: float32 (len(completions[i]),) log-probs of those ids under
+    softmax(logits / temperature) before top-p (temperature 1 for greedy);
+    finished[i]: True if row i stopped at an EOS, False if it ran into max_new_tokens."""
+
+    completions: list[list[int]]
+    logprobs: list[Tensor]
+    finished: list[bool]
+
+
+def _top_p_filter(scaled_BV: Tensor, top_p: float) -> Tensor:
+    """Set to -inf every logit outside the smallest set whose probability mass reaches top_p.
+
+    The most likely token is always kept. (B, V) -> (B, V).
+    """
+    sorted_BV, order_BV = torch.sort(scaled_BV, dim=-1, descending=True)
+    probs_BV = torch.softmax(sorted_BV, dim=-1)
+    mass_before_BV = probs_BV.cumsum(-1) - probs_BV
+    drop_sorted_BV = mass_before_BV > top_p
+    drop_BV = torch.zeros_like(drop_sorted_BV).scatter_(-1, order_BV, drop_sorted_BV)
+    return scaled_BV.masked_fill(drop_BV, float("-inf"))
+
+
+def _pick(
+    logits_BV: Tensor, uniform_BV: Tensor | None, temperature: float, top_p: float
+) -> tuple[Tensor, Tensor]:
+    """Choose next tokens from last-position logits. Returns (tokens (B,) long, logp (B,) f32)."""
+    logits_BV = logits_BV.float()
+    if temperature == 0:
+        tok_B = logits_BV.argmax(-1)
+        scaled_BV = logits_BV
+    else:
+        scaled_BV = logits_BV / temperature if temperature != 1.0 else logits_BV
+        filtered_BV = _top_p_filter(scaled_BV, top_p) if top_p < 1.0 else scaled_BV
+        gumbel_BV = -torch.log(-torch.log(uniform_BV))
+        tok_B = (filtered_BV + gumbel_BV).argmax(-1)
+    logp_B = torch.log_softmax(scaled_BV, dim=-1).gather(-1, tok_B[:, None]).squeeze(-1)
+    return tok_B, logp_B
+
+
+def _check_args(prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float):
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("sample() needs at least one prompt and every prompt non-empty")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """U[0, 1) float32 noise drawn on the generator's device, then moved to `device`."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def sample(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    generator: torch.Generator,
+) -> SampleOutput:
+    """Sample completions for a batch of token-id prompts (see the module doc for the RNG order).
+
+    Left-pads the prompts, runs one prefill forward (logits for the last position only), then one
+    cached forward per new token for the whole batch. Finished rows are fed `pad_token_id` and
+    not extended; stops as soon as every row has finished or after max_new_tokens steps.
+    """
+    _check_args(prompts, max_new_tokens, temperature, top_p)
+    device = _device(model)
+    B, N = len(prompts), max_new_tokens
+    lens_B = torch.tensor([len(p) for p in prompts], device=device)
+    P = max(len(p) for p in prompts)
+    ids_BP = torch.full((B, P), pad_token_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids_BP[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+    ids_BP = ids_BP.to(device)
+    # One attention-mask buffer for the whole run: prompt part left-padded, generated part all 1
+    # (finished rows keep attending to their pad inputs; their outputs are ignored anyway).
+    mask_BL = torch.ones(B, P + N, dtype=torch.long, device=device)
+    mask_BL[:, :P] = torch.arange(P, device=device)[None, :] >= (P - lens_B)[:, None]
+    pos_BP = (mask_BL[:, :P].cumsum(-1) - 1).clamp_min(0)
+    eos_E = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
+
+    tokens_BN = torch.full((B, N), pad_token_id, dtype=torch.long, device=device)
+    logps_BN = torch.zeros(B, N, dtype=torch.float32, device=device)
+    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
+    gen_len_B = torch.zeros(B, dtype=torch.long, device=device)
+    pad_B = torch.full((B,), pad_token_id, dtype=torch.long, device=device)
+
+    out = model(
+        input_ids=ids_BP,
+        attention_mask=mask_BL[:, :P],
+        position_ids=pos_BP,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    logits_BV = out.logits[:, -1]
+    steps = 0
+    for s in range(N):
+        uniform_BV = None
+        if temperature > 0:
+            uniform_BV = _uniform(logits_BV.shape, generator, device)
+        tok_B, logp_B = _pick(logits_BV, uniform_BV, temperature, top_p)
+        tok_B = torch.where(finished_B, pad_B, tok_B)
+        tokens_BN[:, s] = tok_B
+        logps_BN[:, s] = logp_B
+        gen_len_B += ~finished_B
+        finished_B |= torch.isin(tok_B, eos_E)
+        steps = s + 1
+        if s == N - 1 or bool(finished_B.all()):
+            break
+        out = model(
+            input_ids=tok_B[:, None],
+            attention_mask=mask_BL[:, : P + s + 1],
+            position_ids=(lens_B + s)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits_BV = out.logits[:, -1]
+
+    tokens = tokens_BN[:, :steps].tolist()
+    lens = gen_len_B.tolist()
+    logps_BN = logps_BN.cpu()
+    return SampleOutput(
+        completions=[row[:n] for row, n in zip(tokens, lens)],
+        logprobs=[logps_BN[i, :n].clone() for i, n in enumerate(lens)],
+        finished=finished_B.tolist(),
+    )
+
+
+@torch.inference_mode()
+def sample_reference(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    generator: torch.Generator,
+) -> SampleOutput:
+    """Naive version of `sample` for tests: each step, each unfinished row runs a full forward of
+    its own unpadded prompt + generated tokens (no cache), using its row of the step's noise."""
+    del pad_token_id
+    _check_args(prompts, max_new_tokens, temperature, top_p)
+    device = _device(model)
+    B = len(prompts)
+    seqs = [list(p) for p in prompts]
+    completions: list[list[int]] = [[] for _ in prompts]
+    logps: list[list[float]] = [[] for _ in prompts]
+    finished = [False] * B
+    for _ in range(max_new_tokens):
+        if all(finished):
+            break
+        rows = [i for i in range(B) if not finished[i]]
+        last = {
+            i: model(input_ids=torch.tensor([seqs[i]], device=device)).logits[0, -1] for i in rows
+        }
+        V = last[rows[0]].shape[-1]
+        uniform_BV = None
+        if temperature > 0:
+            uniform_BV = _uniform((B, V), generator, device)
+        for i in rows:
+            u = None if uniform_BV is None else uniform_BV[i : i + 1]
+            tok, lp = _pick(last[i][None], u, temperature, top_p)
+            completions[i].append(int(tok))
+            logps[i].append(float(lp))
+            seqs[i].append(int(tok))
+            finished[i] = int(tok) in eos_token_ids
+    return SampleOutput(
+        completions=completions,
+        logprobs=[torch.tensor(lp, dtype=torch.float32) for lp in logps],
+        finished=finished,
+    )

@@ -1,0 +1,62 @@
+"""A tiny random-init Llama with a character-level tokenizer, for tests and quick experiments."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: one token per character, ids 0..2 are <pad>, <eos>, <unk>.
+
+    No BOS is added and decoding concatenates characters, so decode(encode(s)) == s for any s
+    made of digits, ASCII letters, punctuation, space and newline.
+    """
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # Every single character (newline included) becomes its own pre-token.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+
+
+def build_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """Random-init 2-layer Llama (hidden 64, vocab = the 99 characters + specials).
+
+    Deterministic under `seed`; the global torch RNG state is left untouched.
+    """
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    model.eval()
+    return model, tokenizer

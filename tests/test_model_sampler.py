@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from tandem.model import SampleOutput, build_tiny, sample, token_logprobs
+from tandem.model.sampler import sample_reference
+
+PROMPTS = ["What is 12 + 3?", "Hi", "abc def ghi jkl mno", "x = 7;"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = build_tiny(seed=0)
+    return model, tok, [tok.encode(p) for p in PROMPTS]
+
+
+def _run(fn, model, prompts, eos, **kw) -> SampleOutput:
+    g = torch.Generator().manual_seed(1234)
+    return fn(model, prompts, eos_token_ids=eos, pad_token_id=0, generator=g, **kw)
+
+
+def _check_against_logprobs(model, prompts, out: SampleOutput, temperature: float) -> None:
+    """The sampler's log-probs equal token_logprobs of prompt + completion (right-padded)."""
+    seqs = [p + c for p, c in zip(prompts, out.completions)]
+    B, T = len(seqs), max(len(s) for s in seqs)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    attn = torch.zeros(B, T, dtype=torch.long)
+    target = torch.zeros(B, T, dtype=torch.long)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        target[i, len(p) : len(s)] = 1
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, ids, attn, target, temperature=temperature or 1.0)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        assert torch.allclose(out.logprobs[i], logp[i, len(p) : len(s)], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "eos"),
+    [(1.0, 1.0, [1, 40, 41, 42, 43, 44]), (1.0, 0.9, [1, 40, 41, 42, 43, 44]), (0.7, 0.5, [1])],
+)
+def test_sample_matches_reference(tiny, temperature: float, top_p: float, eos: list[int]) -> None:
+    model, _, prompts = tiny
+    kw = dict(max_new_tokens=24, temperature=temperature, top_p=top_p)
+    out = _run(sample, model, prompts, eos, **kw)
+    ref = _run(sample_reference, model, prompts, eos, **kw)
+    assert out.completions == ref.completions
+    assert out.finished == ref.finished
+    for lp, lp_ref, c in zip(out.logprobs, ref.logprobs, out.completions):
+        assert lp.dtype == torch.float32 and lp.shape == (len(c),)
+        assert torch.allclose(lp, lp_ref, atol=1e-4)
+    for c, done in zip(out.completions, out.finished):
+        assert done == (c[-1] in eos)
+        assert all(t not in eos for t in c[:-1])
+        assert done or len(c) == 24
+    if len(eos) > 1:  # with many EOS ids some rows stop early, some do not
+        assert any(out.finished) and not all(out.finished)
+    _check_against_logprobs(model, prompts, out, temperature)
+
+
+def test_greedy_matches_reference_and_stops(tiny) -> None:
+    model, _, prompts = tiny
+    free = _run(sample, model, prompts, [1], max_new_tokens=12, temperature=0.0)
+    # Make a token that row 1 emits greedily at step 3 an EOS: row 1 must stop right there.
+    eos = [free.completions[1][3]]
+    out = _run(sample, model, prompts, eos, max_new_tokens=12, temperature=0.0)
+    ref = _run(sample_reference, model, prompts, eos, max_new_tokens=12, temperature=0.0)
+    assert out.completions == ref.completions and out.finished == ref.finished
+    assert out.finished[1] and len(out.completions[1]) <= 4
+    assert out.completions[1] == free.completions[1][: len(out.completions[1])]
+    for lp, lp_ref in zip(out.logprobs, ref.logprobs):
+        assert torch.allclose(lp, lp_ref, atol=1e-4)
+    _check_against_logprobs(model, prompts, out, 0.0)
+
+
+def test_all_finish_early_and_max_new_tokens(tiny) -> None:
+    model, _, prompts = tiny
+    first = _run(sample, model, prompts, [1], max_new_tokens=1, temperature=0.0)
+    assert all(len(c) == 1 for c in first.completions)
+    eos = sorted({c[0] for c in first.completions})
+    out = _run(sample, model, prompts, eos, max_new_tokens=50, temperature=0.0)
+    assert out.finished == [True] * len(prompts)
+    assert out.completions == first.completions
+    capped = _run(sample, model, prompts, [1], max_new_tokens=5, temperature=1.0)
+    assert all(len(c) <= 5 for c in capped.completions)
+
+
+def test_same_seed_same_samples(tiny) -> None:
+    model, _, prompts = tiny
+    a = _run(sample, model, prompts, [1], max_new_tokens=10)
+    b = _run(sample, model, prompts, [1], max_new_tokens=10)
+    assert a.completions == b.completions
