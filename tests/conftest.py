@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny-model run config, and a tiny model warmed up by SFT (built once).
+
+The tiny model is the built-in random-init Llama with a character vocabulary; the task is
+one-digit addition in plain style ("3+4=" -> "7"), where a few dozen SFT steps reach a mixed
+accuracy, so RL methods see groups with both right and wrong answers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tandem.config import RunConfig, load_config
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = [
+    "model.name=tiny",
+    "task.name=add",
+    "task.params.style=plain",
+    "task.params.digits=1",
+    "task.params.ood_digits=2",
+    "max_new_tokens=4",
+    "tensorboard=false",
+    "progress=false",
+    "eval.prompts=20",
+    "eval.ood_prompts=0",
+    "eval.every=0",
+    "prompts_per_step=8",
+    "samples_per_prompt=8",
+    "demos_per_step=16",
+    "lr=3e-3",
+]
+
+
+WARMUP = ["method=sft", "steps=100", "eval.before=false"]
+
+
+def tiny_config(out: Path, *overrides: str) -> RunConfig:
+    return load_config(None, [*TINY, f"output_dir={out}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def warm_tiny(tmp_path_factory) -> Path:
+    """A tiny model after 100 SFT steps on one-digit addition (train-prompt accuracy ~0.4)."""
+    from tandem.train.checkpoint import latest_checkpoint
+    from tandem.train.loop import train
+
+    out = tmp_path_factory.mktemp("warm")
+    train(tiny_config(out, *WARMUP), log=lambda s: None)
+    return latest_checkpoint(out) / "model"
+
+
+def train_accuracy(model_dir: Path | str, n: int = 64) -> float:
+    """Greedy accuracy on the first n training prompts (what RL on those prompts optimizes)."""
+    from tandem.eval.evaluate import evaluate
+    from tandem.train.loop import build_state
+
+    st = build_state(tiny_config(Path("unused"), f"model.name={model_dir}"))
+    exs = st.task.examples("train", n, seed=0)
+    out = evaluate(st.model, st.encoder, st.task, exs, max_new_tokens=4, eos_token_ids=st.eos_ids)
+    return out["eval/accuracy"]
