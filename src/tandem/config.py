@@ -65,6 +65,11 @@ class StageMu(_Strict):
     """Steps before this use `before` (e.g. 1.0 = pure SFT), later steps use `after`."""
     before: float = Field(1.0, ge=0.0, le=1.0)
     after: float = Field(0.0, ge=0.0, le=1.0)
+    lr_after: float | None = Field(None, gt=0.0)
+    """Learning rate from the switch on (ReFT: 1e-5 for SFT, 3e-7 for PPO); default: `lr`."""
+    reset_optimizer: bool = True
+    """Start the second stage with fresh optimizer moments, as when RL starts from an SFT
+    checkpoint (ReFT); the SFT stage's Adam statistics would otherwise scale the RL updates."""
 
 
 MuConfig = Annotated[ConstantMu | WarmupCosineMu | StageMu, Field(discriminator="kind")]

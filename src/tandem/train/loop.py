@@ -36,19 +36,26 @@ from tandem.train.step import RunState, autocast_ctx, train_step
 
 
 def _lr_lambda(cfg: RunConfig):
+    """Multiplier of `lr` at update k: warm-up, then constant or cosine; a stage switch with
+    `lr_after` rescales every later step to that learning rate."""
+    mu = cfg.objective.mu
+
     def f(k: int) -> float:
+        scale = 1.0
+        if mu.kind == "stage" and mu.lr_after is not None and k >= mu.switch_step:
+            scale = mu.lr_after / cfg.lr
         if cfg.warmup_steps and k < cfg.warmup_steps:
-            return (k + 1) / cfg.warmup_steps
+            return scale * (k + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "cosine" and cfg.steps > cfg.warmup_steps:
             frac = (k - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-        return 1.0
+            return scale * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return scale
 
     return f
 
 
 def _mu_controller(cfg: RunConfig):
-    params = cfg.objective.mu.model_dump()
+    params = cfg.objective.mu.model_dump(exclude={"lr_after", "reset_optimizer"})
     return build_controller(params.pop("kind"), **params)
 
 
