@@ -181,8 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_libraries() -> None:
+    """Our progress bar and log lines are the run's output; silence the libraries' own bars."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.fn(args)
     except TandemError as e:
