@@ -90,3 +90,16 @@ def test_same_seed_same_samples(tiny) -> None:
     a = _run(sample, model, prompts, [1], max_new_tokens=10)
     b = _run(sample, model, prompts, [1], max_new_tokens=10)
     assert a.completions == b.completions
+
+
+def test_padded_gives_ids_mask_and_logprobs(tiny) -> None:
+    model, _, prompts = tiny
+    out = _run(sample, model, prompts, [1, 40, 41, 42, 43, 44], max_new_tokens=8)
+    ids, mask, logp = out.padded(pad_token_id=0)
+    lens = [len(c) for c in out.completions]
+    assert ids.shape == (len(prompts), max(lens))
+    assert mask.sum(1).tolist() == [float(n) for n in lens]
+    for i, c in enumerate(out.completions):
+        assert ids[i, : len(c)].tolist() == c
+        assert torch.equal(logp[i, : len(c)], out.logprobs[i])
+        assert (logp[i, len(c) :] == 0).all() and (ids[i, len(c) :] == 0).all()

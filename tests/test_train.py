@@ -235,3 +235,26 @@ if __name__ == "__main__":  # print fresh golden values
                 end="",
             )
             print("},")
+
+
+def test_stage_switch_resets_kl_reference_and_resume_keeps_it(warm_tiny, tmp_path):
+    """sft_then_grpo with KL: the RL stage's reference is the model at the switch (ReFT), and a
+    run resumed after the switch uses that reference, not the initial model."""
+    args = [
+        "method=sft_then_grpo",
+        f"model.name={warm_tiny}",
+        "objective.mu.switch_step=1",
+        "objective.kl_coef=0.1",
+        "eval.prompts=0",
+        "lr=5e-4",
+    ]
+    train(tiny_config(tmp_path / "full", *args, "steps=3"), log=lambda s: None)
+    train(tiny_config(tmp_path / "part", *args, "steps=2", "save_every=1"), log=lambda s: None)
+    assert (tmp_path / "part/checkpoints/step_000002/ref_model").is_dir()
+    from tandem.train.loop import train_from_files
+
+    train_from_files(None, ["steps=3"], resume_dir=str(tmp_path / "part"))
+    a = [r["loss/kl"] for r in read_metrics(tmp_path / "full/metrics.jsonl") if "loss/kl" in r]
+    b = [r["loss/kl"] for r in read_metrics(tmp_path / "part/metrics.jsonl") if "loss/kl" in r]
+    assert a == b and a[1] == 0.0  # step 2: the first RL step, policy == reference
+    assert a[2] > 0.0

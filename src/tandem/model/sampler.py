@@ -29,6 +29,19 @@ class SampleOutput:
     logprobs: list[Tensor]
     finished: list[bool]
 
+    def padded(self, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Right-padded (B, N) tensors: completion ids, the trainable-token mask (1 on sampled
+        tokens, EOS included; 0 on padding) and the sampling log-probs (0 on padding)."""
+        b, n = len(self.completions), max((len(c) for c in self.completions), default=0)
+        ids_BN = torch.full((b, n), pad_token_id, dtype=torch.long)
+        mask_BN = torch.zeros((b, n), dtype=torch.float32)
+        logp_BN = torch.zeros((b, n), dtype=torch.float32)
+        for i, (c, lp) in enumerate(zip(self.completions, self.logprobs)):
+            ids_BN[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            mask_BN[i, : len(c)] = 1.0
+            logp_BN[i, : len(c)] = lp
+        return ids_BN, mask_BN, logp_BN
+
 
 def _top_p_filter(scaled_BV: Tensor, top_p: float) -> Tensor:
     """Set to -inf every logit outside the smallest set whose probability mass reaches top_p.

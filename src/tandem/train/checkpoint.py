@@ -4,6 +4,8 @@ Layout of RUN_DIR/checkpoints/step_000010/:
   model/        `save_pretrained` output (safetensors + tokenizer): transformers loads it directly
   trainer.pt    optimizer, LR schedule, controller state, data positions, RNG states, step
   config.yaml   the resolved config
+  ref_model/    the KL reference, only when it is no longer the initial model (after a stage
+                switch with kl_coef > 0)
 
 A checkpoint is written into a temporary directory and renamed into place (atomic on POSIX);
 then the one-line `latest` file is replaced the same way. A crash at any moment leaves either the
@@ -57,6 +59,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     config_yaml: str,
     keep: int = 2,
+    ref_model=None,
 ) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -68,6 +71,9 @@ def save_checkpoint(
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "model")
+    if ref_model is not None:
+        ref_model.save_pretrained(tmp / "ref_model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "ref_model")
     torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it

@@ -161,6 +161,7 @@ def _trainer_state(st: RunState) -> dict[str, Any]:
         "mu": st.mu.state_dict(),
         "train_stream": st.train_stream.state_dict(),
         "demo_stream": st.demo_stream.state_dict(),
+        "ref_step": st.extra.get("ref_step"),
     }
 
 
@@ -189,6 +190,9 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
         st.train_stream.load_state_dict(state["train_stream"])
         st.demo_stream.load_state_dict(state["demo_stream"])
         set_rng_state(state["rng"])
+        if state.get("ref_step") is not None:  # the reference was reset at a stage switch
+            st.ref_model.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
+            st.extra["ref_step"] = state["ref_step"]
         writer.truncate_after(start)
         log(f"resumed from {ckpt} at step {start}")
     else:
@@ -235,6 +239,7 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
                     _trainer_state(st),
                     dump_config(cfg),
                     cfg.keep_checkpoints,
+                    ref_model=st.ref_model if st.extra.get("ref_step") is not None else None,
                 )
     writer.close()
     summary = summarize(cfg, run_dir, wall=time.perf_counter() - t_start)

@@ -66,8 +66,12 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     cfg, obj = st.cfg, st.cfg.objective
     t0 = time.perf_counter()
     mu = float(st.mu.value(step))
-    if obj.mu.kind == "stage" and obj.mu.reset_optimizer and step == obj.mu.switch_step:
-        st.optimizer.state.clear()  # the next stage starts with fresh Adam moments
+    if obj.mu.kind == "stage" and step == obj.mu.switch_step:
+        if obj.mu.reset_optimizer:
+            st.optimizer.state.clear()  # the next stage starts with fresh Adam moments
+        if st.ref_model is not None:  # the RL stage's KL reference is the SFT model (ReFT)
+            st.ref_model.load_state_dict(st.model.state_dict())
+            st.extra["ref_step"] = step
     use_rl, use_expert = mu < 1.0, mu > 0.0
     items: list[Item] = []
     m: dict[str, float] = {}
