@@ -1,0 +1,88 @@
+"""Shared benchmark plumbing: run each measurement in a fresh subprocess (so peak RSS is that
+run's own), alternate tandem and the peer, take medians, print RESULT lines.
+
+Every benchmark prints, per setting, one line:
+    RESULT <setting> speedup=<peer time / tandem time> mem_ratio=<tandem peak RSS / peer peak RSS>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def run_child(script: Path, args: list[str], timeout: int = 3600) -> dict:
+    """Run `python script --child ARGS` and parse the last stdout line as JSON."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--child", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"child run failed: {script.name} {' '.join(args)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_print(result: dict) -> None:
+    result["peak_rss_gb"] = peak_rss_gb()
+    print(json.dumps(result), flush=True)
+
+
+def timed_steps(step: Callable[[], object], warmup: int, steps: int) -> list[float]:
+    """Seconds of each measured call after `warmup` unmeasured ones."""
+    for _ in range(warmup):
+        step()
+    out = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def result_line(setting: str, tandem_s: float, peer_s: float, tandem_gb: float, peer_gb: float) -> str:
+    return (
+        f"RESULT {setting} speedup={peer_s / tandem_s:.2f} mem_ratio={tandem_gb / peer_gb:.2f} "
+        f"(tandem {tandem_s:.2f} s, {tandem_gb:.2f} GB; peer {peer_s:.2f} s, {peer_gb:.2f} GB)"
+    )

