@@ -81,7 +81,9 @@ def machine() -> str:
     )
 
 
-def result_line(setting: str, tandem_s: float, peer_s: float, tandem_gb: float, peer_gb: float) -> str:
+def result_line(
+    setting: str, tandem_s: float, peer_s: float, tandem_gb: float, peer_gb: float
+) -> str:
     return (
         f"RESULT {setting} speedup={peer_s / tandem_s:.2f} mem_ratio={tandem_gb / peer_gb:.2f} "
         f"(tandem {tandem_s:.2f} s, {tandem_gb:.2f} GB; peer {peer_s:.2f} s, {peer_gb:.2f} GB)"

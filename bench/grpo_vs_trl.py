@@ -127,7 +127,9 @@ def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="2x8x32 only, one repeat")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtypes", default="fp32,bf16")
@@ -149,7 +151,9 @@ def main() -> None:
             res: dict[str, list[dict]] = {"tandem": [], "trl": []}
             for r in range(repeats):
                 for tool in ("tandem", "trl") if r % 2 == 0 else ("trl", "tandem"):
-                    out = run_child(Path(__file__), [tool, str(p), str(g), str(n), dtype, "1", str(steps)])
+                    out = run_child(
+                        Path(__file__), [tool, str(p), str(g), str(n), dtype, "1", str(steps)]
+                    )
                     res[tool].append(out)
                     print(
                         f"  {tool:6s} {p}x{g}x{n} {dtype}: {out['step_s']:.2f} s/step, "

@@ -34,20 +34,39 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
     exs = get_task("add", {"digits": 2}).examples("eval", batch, seed=0)
     prompts = [enc.prompt(e) for e in exs]
     no_eos = [-1]  # an id that never occurs: every row runs to n tokens
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    ctx = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if dtype == "bf16"
+        else contextlib.nullcontext
+    )
 
     def run_tandem() -> int:
         with ctx():
-            out = sample(model, prompts, max_new_tokens=n, temperature=1.0, eos_token_ids=no_eos,
-                         pad_token_id=enc.pad_id, generator=torch.Generator().manual_seed(0))
+            out = sample(
+                model,
+                prompts,
+                max_new_tokens=n,
+                temperature=1.0,
+                eos_token_ids=no_eos,
+                pad_token_id=enc.pad_id,
+                generator=torch.Generator().manual_seed(0),
+            )
         return sum(len(c) for c in out.completions)
 
     def run_generate() -> int:
         tok.padding_side = "left"
         batch_enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
         with ctx(), torch.no_grad():
-            out = model.generate(**batch_enc, max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                                 temperature=1.0, top_p=1.0, top_k=0, pad_token_id=enc.pad_id)
+            out = model.generate(
+                **batch_enc,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                pad_token_id=enc.pad_id,
+            )
         return (out.shape[1] - batch_enc["input_ids"].shape[1]) * out.shape[0]
 
     fn = run_tandem if tool == "tandem" else run_generate
@@ -61,7 +80,9 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -79,11 +100,21 @@ def main() -> None:
             res = {}
             for tool in ("tandem", "generate"):
                 res[tool] = run_child(Path(__file__), [tool, str(b), str(n), dtype, str(reps)])
-                print(f"  {tool:8s} batch {b:2d} {dtype}: {res[tool]['tokens_per_s']:.1f} new tokens/s, "
-                      f"peak {res[tool]['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"  {tool:8s} batch {b:2d} {dtype}: {res[tool]['tokens_per_s']:.1f} new tokens/s, "
+                    f"peak {res[tool]['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
             t, g = res["tandem"], res["generate"]
-            lines.append(result_line(f"sample_b{b}_n{n}_{dtype}", t["step_s"], g["step_s"],
-                                     t["peak_rss_gb"], g["peak_rss_gb"]))
+            lines.append(
+                result_line(
+                    f"sample_b{b}_n{n}_{dtype}",
+                    t["step_s"],
+                    g["step_s"],
+                    t["peak_rss_gb"],
+                    g["peak_rss_gb"],
+                )
+            )
     print("\n".join(lines))
 
 

