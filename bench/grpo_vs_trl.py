@@ -5,6 +5,7 @@ prompts in chat form, beta = 0 (no reference model), one update per batch, tempe
 Settings "PxGxN": P prompts x G samples x at most N new tokens. For each dtype:
 - fp32: both tools in plain fp32;
 - bf16: tandem with bf16 autocast (`model.autocast_bf16=true`), TRL with `bf16=True`.
+tandem runs with `share_prompts=true` (each group's prompt computed once in training).
 Each measurement runs in its own subprocess (peak RSS is that run's), tandem and TRL alternate,
 and the printed numbers are medians over repeats of the per-run median step time.
 
@@ -46,6 +47,7 @@ def child_tandem(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) ->
             f"max_new_tokens={n}",
             f"lr={LR}",
             "temperature=1.0",
+            "share_prompts=true",
             "tensorboard=false",
             "progress=false",
         ],

@@ -43,6 +43,34 @@ def _chunk_logp_entropy(
     return logp_N, entropy_N
 
 
+def _selective_head(
+    model: nn.Module,
+    hidden_NH: Tensor,
+    targets_N: Tensor,
+    temperature: float,
+    with_entropy: bool,
+    chunk_tokens: int,
+) -> tuple[Tensor | None, Tensor | None]:
+    """LM head on the N rows that predict a target only, in checkpointed chunks: (N,), (N,).
+    Returns (None, None) when N == 0."""
+    if hidden_NH.shape[0] == 0:
+        return None, None
+    lm_head = model.get_output_embeddings()
+    use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
+    logps, ents = [], []
+    for s in range(0, hidden_NH.shape[0], chunk_tokens):
+        args = (lm_head, hidden_NH[s : s + chunk_tokens], targets_N[s : s + chunk_tokens])
+        if use_ckpt:
+            lp, ent = checkpoint(
+                _chunk_logp_entropy, *args, temperature, with_entropy, use_reentrant=False
+            )
+        else:
+            lp, ent = _chunk_logp_entropy(*args, temperature, with_entropy)
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps), torch.cat(ents)
+
+
 def _check(
     input_ids_BT: Tensor, attention_mask_BT: Tensor, target_mask_BT: Tensor, temp: float
 ) -> None:
@@ -98,25 +126,15 @@ def token_logprobs(
     b_N, t_N = tmask_BT.nonzero(as_tuple=True)
     hidden_NH = hidden_BTH[b_N, t_N - 1]
     targets_N = input_ids_BT[b_N, t_N]
-    lm_head = model.get_output_embeddings()
-    use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
-    logps, ents = [], []
-    for s in range(0, hidden_NH.shape[0], chunk_tokens):
-        args = (lm_head, hidden_NH[s : s + chunk_tokens], targets_N[s : s + chunk_tokens])
-        if use_ckpt:
-            lp, ent = checkpoint(
-                _chunk_logp_entropy, *args, temperature, with_entropy, use_reentrant=False
-            )
-        else:
-            lp, ent = _chunk_logp_entropy(*args, temperature, with_entropy)
-        logps.append(lp)
-        ents.append(ent)
+    logp_N, ent_N = _selective_head(
+        model, hidden_NH, targets_N, temperature, with_entropy, chunk_tokens
+    )
     zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=input_ids_BT.device)
-    if not logps:  # no targets at all: keep the graph connected so backward() still works
+    if logp_N is None:  # no targets at all: keep the graph connected so backward() still works
         zero = hidden_BTH.float().sum() * 0.0
         return zeros_BT + zero, (zeros_BT + zero if with_entropy else None)
-    logp_BT = zeros_BT.index_put((b_N, t_N), torch.cat(logps))
-    entropy_BT = zeros_BT.index_put((b_N, t_N), torch.cat(ents)) if with_entropy else None
+    logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
+    entropy_BT = zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None
     return logp_BT, entropy_BT
 
 
@@ -148,3 +166,90 @@ def token_logprobs_reference(
         return logp_BT, None
     ent_BT = -(logp_BTV.exp() * logp_BTV).sum(-1)
     return logp_BT, torch.cat([pad_B1, torch.where(keep_BT, ent_BT, 0.0)], dim=1)
+
+
+def _split_prompt_completion(
+    target_mask_BT: Tensor, attention_mask_BT: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Prompt length (first target column) and completion length of each right-padded row."""
+    tm = target_mask_BT.bool()
+    length_B = attention_mask_BT.long().sum(1)
+    has_B = tm.any(1)
+    first_B = torch.where(has_B, tm.float().argmax(1), length_B)
+    return first_B, length_B - first_B
+
+
+def shared_prompt_logprobs(
+    model: nn.Module,
+    input_ids_BT: Tensor,
+    attention_mask_BT: Tensor,
+    target_mask_BT: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, Tensor | None]:
+    """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
+    group shares one prompt): each distinct prompt runs through the transformer once, its KV
+    cache is expanded to the rows that share it (a differentiable index_select, so gradients of
+    all rows flow back into the one prompt pass), then the completions run on top of it.
+
+    Same contract and results as `token_logprobs` (up to float rounding), provided the target
+    tokens of each row are exactly its completion: a contiguous block right after the prompt,
+    running to the end of the row's real tokens. With G samples per prompt and prompts longer than
+    completions, this removes most of the forward/backward work of a GRPO step.
+    """
+    _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
+    B, T = input_ids_BT.shape
+    dev = input_ids_BT.device
+    plen_B, clen_B = _split_prompt_completion(target_mask_BT, attention_mask_BT)
+    ids = input_ids_BT.tolist()
+    plens, clens = plen_B.tolist(), clen_B.tolist()
+    uniq: dict[tuple[int, ...], int] = {}
+    row_prompt = [uniq.setdefault(tuple(ids[b][: plens[b]]), len(uniq)) for b in range(B)]
+    prompts = list(uniq)
+    U, P, C = len(prompts), max(len(p) for p in prompts), max(max(clens), 1)
+    prompt_ids_UP = torch.zeros(U, P, dtype=torch.long, device=dev)
+    prompt_mask_UP = torch.zeros(U, P, dtype=torch.long, device=dev)
+    for u, p in enumerate(prompts):  # left-padded: every prompt ends in column P - 1
+        prompt_ids_UP[u, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_mask_UP[u, P - len(p) :] = 1
+    comp_ids_BC = torch.zeros(B, C, dtype=torch.long, device=dev)
+    comp_mask_BC = torch.zeros(B, C, dtype=torch.long, device=dev)
+    for b in range(B):
+        comp_ids_BC[b, : clens[b]] = input_ids_BT[b, plens[b] : plens[b] + clens[b]]
+        comp_mask_BC[b, : clens[b]] = 1
+    rows_B = torch.tensor(row_prompt, dtype=torch.long, device=dev)
+
+    decoder = _decoder(model)
+    out = decoder(
+        input_ids=prompt_ids_UP,
+        attention_mask=prompt_mask_UP,
+        position_ids=position_ids_from_mask(prompt_mask_UP),
+        use_cache=True,
+    )
+    cache = out.past_key_values
+    for layer in cache.layers:  # U prompt caches -> B row caches (views of shared work)
+        layer.keys = layer.keys.index_select(0, rows_B)
+        layer.values = layer.values.index_select(0, rows_B)
+    out2 = decoder(
+        input_ids=comp_ids_BC,
+        attention_mask=torch.cat([prompt_mask_UP[rows_B], comp_mask_BC], dim=1),
+        position_ids=prompt_mask_UP.sum(1)[rows_B, None] + torch.arange(C, device=dev)[None, :],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # hidden state that predicts completion token j: prompt's last for j = 0, completion j-1 else
+    pred_BCH = torch.cat([out.last_hidden_state[rows_B, -1:], out2.last_hidden_state[:, :-1]], 1)
+    tmask_BT = target_mask_BT.bool()
+    b_N, t_N = tmask_BT.nonzero(as_tuple=True)
+    j_N = t_N - plen_B[b_N]
+    logp_N, ent_N = _selective_head(
+        model, pred_BCH[b_N, j_N], input_ids_BT[b_N, t_N], temperature, with_entropy, chunk_tokens
+    )
+    zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=dev)
+    if logp_N is None:
+        zero = pred_BCH.float().sum() * 0.0
+        return zeros_BT + zero, (zeros_BT + zero if with_entropy else None)
+    logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
+    return logp_BT, (zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None)

@@ -77,15 +77,25 @@ def collate(items: list[Item], pad_id: int) -> Batch:
     return Batch(ids, attn, tgt, [it.source for it in items], adv)
 
 
-def microbatches(batch: Batch, tokens_per_microbatch: int) -> list[list[int]]:
+def microbatches(
+    batch: Batch, tokens_per_microbatch: int, by_prompt: bool = False
+) -> list[list[int]]:
     """Split rows into chunks whose padded size (rows x longest row) fits the token budget.
 
-    Rows are grouped by length (longest first) so padding stays small; a single row longer than
-    the budget becomes its own micro-batch. The gradient does not depend on this split because
-    every term is normalized by whole-batch counts (see `tandem.algo.aggregate`).
+    Rows are ordered by length (longest first) so padding stays small, or, with `by_prompt`,
+    kept together by prompt (so rows sharing a prompt land in the same chunk and the prompt is
+    computed once); a single row longer than the budget becomes its own micro-batch. The
+    gradient does not depend on this split because every term is normalized by whole-batch
+    counts (see `tandem.algo.aggregate`).
     """
     lengths = batch.attention_mask_BT.sum(1).tolist()
-    order = sorted(range(batch.size), key=lambda i: -lengths[i])
+    if by_prompt:
+        ids = batch.input_ids_BT.tolist()
+        first = batch.target_mask_BT.argmax(1).tolist()
+        prompt = [tuple(ids[i][: first[i]]) for i in range(batch.size)]
+        order = sorted(range(batch.size), key=lambda i: (-len(prompt[i]), prompt[i], -lengths[i]))
+    else:
+        order = sorted(range(batch.size), key=lambda i: -lengths[i])
     chunks: list[list[int]] = []
     cur: list[int] = []
     cur_max = 0

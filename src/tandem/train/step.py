@@ -26,7 +26,7 @@ from tandem.algo.aggregate import aggregate, make_normalizer
 from tandem.algo.terms import get_expert_term, get_pg_term, kl_penalty, shaped_pg
 from tandem.config import RunConfig
 from tandem.encode import Encoder
-from tandem.model.logprobs import token_logprobs
+from tandem.model.logprobs import shared_prompt_logprobs, token_logprobs
 from tandem.model.sampler import sample
 from tandem.rewards.safe import score_batch
 from tandem.train.data import ExampleStream
@@ -189,10 +189,10 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     sums = {"loss/pg": 0.0, "loss/sft": 0.0, "loss/kl": 0.0, "loss/entropy": 0.0}
     st.model.train()
     st.optimizer.zero_grad(set_to_none=True)
-    for rows in microbatches(batch, cfg.tokens_per_microbatch):
+    for rows in microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts):
         mb = batch.rows(rows)
         with autocast_ctx(cfg):
-            logp, ent = token_logprobs(
+            logp, ent = (shared_prompt_logprobs if cfg.share_prompts else token_logprobs)(
                 st.model,
                 mb.input_ids_BT,
                 mb.attention_mask_BT,

@@ -1,0 +1,54 @@
+"""shared_prompt_logprobs (one prompt pass per distinct prompt, KV cache expanded to its rows)
+gives the same log-probs, entropies and gradients as the plain per-row computation."""
+
+import pytest
+import torch
+
+from tandem.model import build_tiny
+from tandem.model.logprobs import shared_prompt_logprobs, token_logprobs
+
+
+def _batch(tok):
+    # two groups of three rows sharing a prompt, plus a singleton; completions of varied length
+    rows = [
+        ("12+3=", "15"),
+        ("12+3=", "1"),
+        ("12+3=", "150x"),
+        ("7+8=", "15"),
+        ("7+8=", "16 "),
+        ("7+8=", "9"),
+        ("What is 1+1?", "2"),
+    ]
+    seqs = [(tok.encode(p), tok.encode(c)) for p, c in rows]
+    T = max(len(p) + len(c) for p, c in seqs)
+    B = len(seqs)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    attn = torch.zeros(B, T, dtype=torch.long)
+    tgt = torch.zeros(B, T)
+    for i, (p, c) in enumerate(seqs):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        tgt[i, len(p) : len(p) + len(c)] = 1
+    return ids, attn, tgt
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_shared_prompt_matches_plain(with_entropy):
+    torch.manual_seed(0)
+    model, tok = build_tiny(seed=0)
+    ids, attn, tgt = _batch(tok)
+    weights = torch.randn(ids.shape)  # an arbitrary loss mixing every token
+    results = []
+    for fn in (token_logprobs, shared_prompt_logprobs):
+        model.zero_grad()
+        logp, ent = fn(model, ids, attn, tgt, with_entropy=with_entropy, chunk_tokens=5)
+        loss = (logp * weights).sum() + (ent.sum() if with_entropy else 0.0)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((logp.detach(), None if ent is None else ent.detach(), grads))
+    (lp_a, en_a, g_a), (lp_b, en_b, g_b) = results
+    torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=1e-5)
+    if with_entropy:
+        torch.testing.assert_close(en_b, en_a, atol=1e-5, rtol=1e-5)
+    assert (lp_a[tgt == 0] == 0).all() and (lp_b[tgt == 0] == 0).all()
+    torch.testing.assert_close(g_b, g_a, atol=1e-5, rtol=1e-4)
