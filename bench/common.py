@@ -88,3 +88,35 @@ def result_line(
         f"RESULT {setting} speedup={peer_s / tandem_s:.2f} mem_ratio={tandem_gb / peer_gb:.2f} "
         f"(tandem {tandem_s:.2f} s, {tandem_gb:.2f} GB; peer {peer_s:.2f} s, {peer_gb:.2f} GB)"
     )
+
+
+def compare(
+    script: Path,
+    setting: str,
+    child_args: Callable[[str], list[str]],
+    repeats: int,
+    peer: str = "trl",
+) -> str:
+    """Run tandem and the peer `repeats` times each, alternating which goes first; print each
+    run; return the RESULT line built from the medians."""
+    res: dict[str, list[dict]] = {"tandem": [], peer: []}
+    for r in range(repeats):
+        for tool in ("tandem", peer) if r % 2 == 0 else (peer, "tandem"):
+            out = run_child(script, [tool, *child_args])
+            res[tool].append(out)
+            extra = f", mean completion {out['len_mean']:.1f} tokens" if "len_mean" in out else ""
+            print(
+                f"  {tool:8s} {setting}: {out['step_s']:.3f} s, peak {out['peak_rss_gb']:.2f} GB{extra}",
+                flush=True,
+            )
+
+    def med(tool: str, key: str) -> float:
+        return median([o[key] for o in res[tool]])
+
+    return result_line(
+        setting,
+        med("tandem", "step_s"),
+        med(peer, "step_s"),
+        med("tandem", "peak_rss_gb"),
+        med(peer, "peak_rss_gb"),
+    )

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, machine, median, result_line, run_child, timed_steps  # noqa: E402
+from common import child_print, compare, machine, median, timed_steps  # noqa: E402
 
 LR = 1e-6
 
@@ -150,23 +150,8 @@ def main() -> None:
     for p, g, n in settings:
         steps = 3 if (a.quick or p * g * n > 2048) else 5
         for dtype in a.dtypes.split(","):
-            res: dict[str, list[dict]] = {"tandem": [], "trl": []}
-            for r in range(repeats):
-                for tool in ("tandem", "trl") if r % 2 == 0 else ("trl", "tandem"):
-                    out = run_child(
-                        Path(__file__), [tool, str(p), str(g), str(n), dtype, "1", str(steps)]
-                    )
-                    res[tool].append(out)
-                    print(
-                        f"  {tool:6s} {p}x{g}x{n} {dtype}: {out['step_s']:.2f} s/step, "
-                        f"peak {out['peak_rss_gb']:.2f} GB, mean completion {out['len_mean']:.1f} tokens",
-                        flush=True,
-                    )
-            t_s = median([o["step_s"] for o in res["tandem"]])
-            p_s = median([o["step_s"] for o in res["trl"]])
-            t_m = median([o["peak_rss_gb"] for o in res["tandem"]])
-            p_m = median([o["peak_rss_gb"] for o in res["trl"]])
-            lines.append(result_line(f"grpo_{p}x{g}x{n}_{dtype}", t_s, p_s, t_m, p_m))
+            args = [str(p), str(g), str(n), dtype, "1", str(steps)]
+            lines.append(compare(Path(__file__), f"grpo_{p}x{g}x{n}_{dtype}", args, repeats))
     print("\n".join(lines))
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, machine, median, result_line, run_child, timed_steps  # noqa: E402
+from common import child_print, compare, machine, median, timed_steps  # noqa: E402
 
 BATCH, LR = 16, 2e-5
 
@@ -121,21 +121,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     lines = []
     for dtype in a.dtypes.split(","):
-        res: dict[str, list[dict]] = {"tandem": [], "trl": []}
-        for r in range(repeats):
-            for tool in ("tandem", "trl") if r % 2 == 0 else ("trl", "tandem"):
-                out = run_child(Path(__file__), [tool, dtype, "1", "5"])
-                res[tool].append(out)
-                print(
-                    f"  {tool:6s} sft {dtype}: {out['step_s']:.2f} s/step ({BATCH} examples), "
-                    f"peak {out['peak_rss_gb']:.2f} GB",
-                    flush=True,
-                )
-        t_s = median([o["step_s"] for o in res["tandem"]])
-        p_s = median([o["step_s"] for o in res["trl"]])
-        t_m = median([o["peak_rss_gb"] for o in res["tandem"]])
-        p_m = median([o["peak_rss_gb"] for o in res["trl"]])
-        lines.append(result_line(f"sft_b{BATCH}_{dtype}", t_s, p_s, t_m, p_m))
+        lines.append(compare(Path(__file__), f"sft_b{BATCH}_{dtype}", [dtype, "1", "5"], repeats))
     print("\n".join(lines))
 
 

@@ -78,26 +78,23 @@ def test_golden_first_losses(method, warm_tiny, tmp_path):
                 assert g == pytest.approx(e, rel=1e-4, abs=1e-6), f"{method} {key}: {got}"
 
 
+def step_gradient(out, step: int, *overrides: str) -> torch.Tensor:
+    """The gradient of one whole training step (sample, score, terms, aggregate, backward)."""
+    st = build_state(tiny_config(out, "grad_clip=0", *overrides))
+    st.optimizer.step = lambda: None  # keep the weights; compare the gradients
+    train_step(st, step)
+    return torch.cat([p.grad.flatten() for p in st.model.parameters()])
+
+
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 @pytest.mark.parametrize("method", ["chord", "luffy"])
 def test_step_gradient_does_not_depend_on_microbatch_size(method, warm_tiny, tmp_path):
-    """One whole step (sample, score, terms, aggregate, backward) with one micro-batch vs many."""
-    grads = []
-    for budget in (100_000, 40):
-        cfg = tiny_config(
-            tmp_path / str(budget),
-            f"method={method}",
-            f"model.name={warm_tiny}",
-            f"tokens_per_microbatch={budget}",
-            "grad_clip=0",
-            *PRESET_ARGS[method],
-        )
-        st = build_state(cfg)
-        st.optimizer.step = lambda: None  # keep the weights; compare the gradients
-        train_step(st, 2)
-        grads.append(torch.cat([p.grad.flatten() for p in st.model.parameters()]))
-    assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    """One whole step with one micro-batch vs many."""
+    args = [f"method={method}", f"model.name={warm_tiny}", *PRESET_ARGS[method]]
+    one = step_gradient(tmp_path / "one", 2, *args, "tokens_per_microbatch=100000")
+    many = step_gradient(tmp_path / "many", 2, *args, "tokens_per_microbatch=40")
+    assert one.abs().sum() > 0
+    torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_gives_the_same_metrics(warm_tiny, tmp_path):
@@ -264,18 +261,8 @@ def test_stage_switch_resets_kl_reference_and_resume_keeps_it(warm_tiny, tmp_pat
 def test_shared_prompts_give_the_same_step_gradient(warm_tiny, tmp_path):
     """A whole GRPO and LUFFY step with share_prompts on and off: same gradient."""
     for method in ("grpo", "luffy"):
-        grads = []
-        for share in ("false", "true"):
-            cfg = tiny_config(
-                tmp_path / f"{method}{share}",
-                f"method={method}",
-                f"model.name={warm_tiny}",
-                f"share_prompts={share}",
-                "grad_clip=0",
-            )
-            st = build_state(cfg)
-            st.optimizer.step = lambda: None  # keep the weights; compare the gradients
-            train_step(st, 0)
-            grads.append(torch.cat([p.grad.flatten() for p in st.model.parameters()]))
-        assert grads[0].abs().sum() > 0
-        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+        args = [f"method={method}", f"model.name={warm_tiny}"]
+        plain = step_gradient(tmp_path / f"{method}0", 0, *args, "share_prompts=false")
+        shared = step_gradient(tmp_path / f"{method}1", 0, *args, "share_prompts=true")
+        assert plain.abs().sum() > 0
+        torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-6)
