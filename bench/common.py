@@ -120,3 +120,22 @@ def compare(
         med("tandem", "peak_rss_gb"),
         med(peer, "peak_rss_gb"),
     )
+
+
+def trainer_timer(times: list[float], lengths: list[float] | None = None):
+    """A transformers TrainerCallback that appends each optimizer step's seconds to `times` (and,
+    for TRL's GRPO, the logged mean completion length to `lengths`)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if lengths is not None and logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    return StepTimer()

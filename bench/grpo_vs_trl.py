@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, compare, machine, median, timed_steps  # noqa: E402
+from common import child_print, compare, machine, median, timed_steps, trainer_timer  # noqa: E402
 
 LR = 1e-6
 
@@ -66,10 +66,8 @@ def child_tandem(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) ->
 
 
 def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> dict:
-    import time
 
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from tandem.model.load import load_model
@@ -88,17 +86,6 @@ def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> di
 
     times: list[float] = []
     lens: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "completions/mean_length" in logs:
-                lens.append(logs["completions/mean_length"])
 
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -122,7 +109,7 @@ def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> di
         trainer = GRPOTrainer(
             model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
         )
-        trainer.add_callback(Timer())
+        trainer.add_callback(trainer_timer(times, lens))
         trainer.train()
     times = times[warmup:]
     return {"step_s": median(times), "times": times, "len_mean": sum(lens) / max(1, len(lens))}

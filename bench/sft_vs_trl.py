@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, compare, machine, median, timed_steps  # noqa: E402
+from common import child_print, compare, machine, median, timed_steps, trainer_timer  # noqa: E402
 
 BATCH, LR = 16, 2e-5
 
@@ -57,7 +56,6 @@ def child_tandem(dtype: str, warmup: int, steps: int) -> dict:
 
 def child_trl(dtype: str, warmup: int, steps: int) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from tandem.model.load import load_model
@@ -76,13 +74,6 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
     )
     times: list[float] = []
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,
@@ -99,7 +90,7 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-        trainer.add_callback(Timer())
+        trainer.add_callback(trainer_timer(times))
         trainer.train()
     return {"step_s": median(times[warmup:])}
 
