@@ -44,6 +44,8 @@ def test_shared_prompt_matches_plain(with_entropy):
         logp, ent = fn(model, ids, attn, tgt, with_entropy=with_entropy, chunk_tokens=5)
         loss = (logp * weights).sum() + (ent.sum() if with_entropy else 0.0)
         loss.backward()
+        # the tied embedding's sparse lookup gradient is folded into a dense .grad
+        assert not model.get_input_embeddings().weight.grad.is_sparse
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results.append((logp.detach(), None if ent is None else ent.detach(), grads))
     (lp_a, en_a, g_a), (lp_b, en_b, g_b) = results

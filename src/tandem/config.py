@@ -154,11 +154,11 @@ class RunConfig(_Strict):
     tokens_per_microbatch: int = Field(4096, ge=1)
     """Padded tokens (rows x length) per forward/backward chunk; the gradient does not depend
     on it, only memory and speed do."""
-    share_prompts: bool = False
-    """Run each distinct prompt of a micro-batch through the model once and share its KV cache
-    among the rows that repeat it (a GRPO group): the same gradients up to float rounding, about
-    half the training compute when prompts are longer than completions. Opt-in for now: the
-    tiny-model golden and learning tests were calibrated on the plain path (docs/LOG.md)."""
+    share_prompts: bool = True
+    """Run each distinct prompt of a micro-batch through the model once, packed with the
+    completions that follow it (a GRPO group) under a block attention mask: the same gradients
+    up to float rounding, about half the training compute when prompts are longer than
+    completions. Micro-batches then keep each group whole. false: one padded row per sample."""
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     """Sampling temperature for rollouts (training log-probs use temperature 1)."""

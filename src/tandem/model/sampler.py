@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tandem.model import decoder
+
 
 @dataclass
 class SampleOutput:
@@ -91,6 +93,50 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _left_pad(prompts: list[list[int]], P: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """(B, P) left-padded ids and the matching 0/1 attention mask."""
+    ids_BP = torch.full((len(prompts), P), pad_token_id, dtype=torch.long)
+    mask_BP = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids_BP[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask_BP[i, P - len(p) :] = 1
+    return ids_BP, mask_BP
+
+
+def _hf_engine(model: nn.Module, prompts: list[list[int]], P: int, N: int, pad_id: int, device):
+    """Prefill with the transformers forward; returns (first logits (B, V), step(tokens) -> logits)."""
+    ids_BP, mask_BP = _left_pad(prompts, P, pad_id)
+    ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
+    lens_B = mask_BP.sum(-1)
+    # One attention-mask buffer for the whole run: prompt part left-padded, generated part all 1
+    # (finished rows keep attending to their pad inputs; their outputs are ignored anyway).
+    mask_BL = torch.ones(len(prompts), P + N, dtype=torch.long, device=device)
+    mask_BL[:, :P] = mask_BP
+    pos_BP = (mask_BP.cumsum(-1) - 1).clamp_min(0)
+    out = model(
+        input_ids=ids_BP,
+        attention_mask=mask_BP,
+        position_ids=pos_BP,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    state = {"cache": out.past_key_values, "s": 0}
+
+    def step(tok_B: Tensor) -> Tensor:
+        s = state["s"]
+        o = model(
+            input_ids=tok_B[:, None],
+            attention_mask=mask_BL[:, : P + s + 1],
+            position_ids=(lens_B + s)[:, None],
+            past_key_values=state["cache"],
+            use_cache=True,
+        )
+        state["cache"], state["s"] = o.past_key_values, s + 1
+        return o.logits[:, -1]
+
+    return out.logits[:, -1], step
+
+
 @torch.inference_mode()
 def sample(
     model: nn.Module,
@@ -102,44 +148,35 @@ def sample(
     eos_token_ids: list[int],
     pad_token_id: int,
     generator: torch.Generator,
+    engine: str = "auto",
 ) -> SampleOutput:
     """Sample completions for a batch of token-id prompts (see the module doc for the RNG order).
 
     Left-pads the prompts, runs one prefill forward (logits for the last position only), then one
     cached forward per new token for the whole batch. Finished rows are fed `pad_token_id` and
     not extended; stops as soon as every row has finished or after max_new_tokens steps.
+
+    engine: "auto" uses `tandem.model.decoder` (static cache, one prefill per distinct prompt)
+    when the model is a Llama it reproduces, else the transformers forward; "hf" always uses the
+    transformers forward with its dynamic cache.
     """
     _check_args(prompts, max_new_tokens, temperature, top_p)
+    if engine not in ("auto", "hf"):
+        raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
     device = _device(model)
     B, N = len(prompts), max_new_tokens
-    lens_B = torch.tensor([len(p) for p in prompts], device=device)
     P = max(len(p) for p in prompts)
-    ids_BP = torch.full((B, P), pad_token_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids_BP[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-    ids_BP = ids_BP.to(device)
-    # One attention-mask buffer for the whole run: prompt part left-padded, generated part all 1
-    # (finished rows keep attending to their pad inputs; their outputs are ignored anyway).
-    mask_BL = torch.ones(B, P + N, dtype=torch.long, device=device)
-    mask_BL[:, :P] = torch.arange(P, device=device)[None, :] >= (P - lens_B)[:, None]
-    pos_BP = (mask_BL[:, :P].cumsum(-1) - 1).clamp_min(0)
     eos_E = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
-
     tokens_BN = torch.full((B, N), pad_token_id, dtype=torch.long, device=device)
     logps_BN = torch.zeros(B, N, dtype=torch.float32, device=device)
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     gen_len_B = torch.zeros(B, dtype=torch.long, device=device)
     pad_B = torch.full((B,), pad_token_id, dtype=torch.long, device=device)
-
-    out = model(
-        input_ids=ids_BP,
-        attention_mask=mask_BL[:, :P],
-        position_ids=pos_BP,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = out.past_key_values
-    logits_BV = out.logits[:, -1]
+    if engine == "auto" and decoder.supports(model):
+        dec = decoder.LlamaDecoder(model, [list(p) for p in prompts], N, pad_token_id)
+        logits_BV, next_logits = dec.logits_BV, dec.step
+    else:
+        logits_BV, next_logits = _hf_engine(model, prompts, P, N, pad_token_id, device)
     steps = 0
     for s in range(N):
         uniform_BV = None
@@ -154,15 +191,7 @@ def sample(
         steps = s + 1
         if s == N - 1 or bool(finished_B.all()):
             break
-        out = model(
-            input_ids=tok_B[:, None],
-            attention_mask=mask_BL[:, : P + s + 1],
-            position_ids=(lens_B + s)[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = out.past_key_values
-        logits_BV = out.logits[:, -1]
+        logits_BV = next_logits(tok_B)
 
     tokens = tokens_BN[:, :steps].tolist()
     lens = gen_len_B.tolist()

