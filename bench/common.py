@@ -105,6 +105,12 @@ def compare(
             out = run_child(script, [tool, *child_args])
             res[tool].append(out)
             extra = f", mean completion {out['len_mean']:.1f} tokens" if "len_mean" in out else ""
+            if "mfu_train" in out:
+                extra += (
+                    f" (sample {out['sample_s']:.2f} s + train {out['train_s']:.2f} s; MFU train"
+                    f" {out['mfu_train']:.0%}, whole step {out['mfu_step']:.0%} of a measured"
+                    f" {out['peak_tflops']:.2f} TFLOP/s)"
+                )
             print(
                 f"  {tool:8s} {setting}: {out['step_s']:.3f} s, peak {out['peak_rss_gb']:.2f} GB{extra}",
                 flush=True,
@@ -139,3 +145,30 @@ def trainer_timer(times: list[float], lengths: list[float] | None = None):
                 lengths.append(logs["completions/mean_length"])
 
     return StepTimer()
+
+
+def measured_peak_flops(dtype: str, seconds: float = 2.0, n: int = 2048) -> float:
+    """This machine's matmul peak in FLOP/s for 'bf16' or 'fp32', measured now (n x n x n
+    matmuls for about `seconds`), the denominator of the MFU figures."""
+    import torch
+
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    for _ in range(2):
+        a @ b
+    k, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        k += 1
+    return 2 * n**3 * k / (time.perf_counter() - t)
+
+
+def forward_flops(config, tokens: float, head_tokens: float) -> float:
+    """Model FLOPs of one forward pass: 2 x (matmul weights of the transformer layers) per token
+    run, plus 2 x hidden x vocab per token that goes through the LM head. Attention scores
+    (quadratic in context) are left out: under 3% at these lengths for SmolLM2-135M."""
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dh = getattr(config, "head_dim", None) or h // heads
+    per_layer = h * heads * dh * 2 + 2 * h * kv * dh + 3 * h * inter  # q, o, k, v, mlp
+    return 2 * layers * per_layer * tokens + 2 * h * config.vocab_size * head_tokens

