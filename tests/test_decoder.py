@@ -123,3 +123,30 @@ def test_smollm2_logits_match_transformers():
             )
             ref = _hf_next_logits(model, p + [int(nxt[i])])
             torch.testing.assert_close(step_logits[i], ref, atol=2e-3, rtol=1e-3)
+
+
+def test_finished_rows_dropped_mid_run_give_the_same_samples():
+    """Rows that finish early are dropped from the decoder's cache; the samples stay those of
+    the transformers engine and of the no-cache reference (frequent stop ids end rows early)."""
+    from tandem.model.sampler import sample_reference
+
+    model, tok = build_tiny(seed=6)
+    prompts = _prompts(tok) * 3
+    stops = [tok.eos_token_id] + [tok.convert_tokens_to_ids(c) for c in "0123456789"]
+    kw = dict(
+        max_new_tokens=10,
+        temperature=1.0,
+        eos_token_ids=stops,
+        pad_token_id=tok.pad_token_id,
+    )
+    auto = sample(model, prompts, generator=torch.Generator().manual_seed(1), **kw)
+    hf = sample(model, prompts, generator=torch.Generator().manual_seed(1), engine="hf", **kw)
+    ref = sample_reference(model, prompts, generator=torch.Generator().manual_seed(1), **kw)
+    lens = sorted(len(c) for c in auto.completions)
+    assert (
+        lens[0] < lens[-1] and sum(auto.finished) >= len(prompts) // 2
+    )  # rows end at different steps
+    assert auto.completions == hf.completions == ref.completions
+    assert auto.finished == hf.finished == ref.finished
+    for a, b in zip(auto.logprobs, ref.logprobs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

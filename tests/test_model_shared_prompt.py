@@ -1,6 +1,8 @@
 """shared_prompt_logprobs (one prompt pass per distinct prompt, KV cache expanded to its rows)
 gives the same log-probs, entropies and gradients as the plain per-row computation."""
 
+import functools
+
 import pytest
 import torch
 
@@ -32,14 +34,16 @@ def _batch(tok):
     return ids, attn, tgt
 
 
+@pytest.mark.parametrize("pack_tokens", [1024, 12])  # 12: groups split over several rows
 @pytest.mark.parametrize("with_entropy", [False, True])
-def test_shared_prompt_matches_plain(with_entropy):
+def test_shared_prompt_matches_plain(with_entropy, pack_tokens):
     torch.manual_seed(0)
     model, tok = build_tiny(seed=0)
     ids, attn, tgt = _batch(tok)
     weights = torch.randn(ids.shape)  # an arbitrary loss mixing every token
     results = []
-    for fn in (token_logprobs, shared_prompt_logprobs):
+    shared = functools.partial(shared_prompt_logprobs, pack_tokens=pack_tokens)
+    for fn in (token_logprobs, shared):
         model.zero_grad()
         logp, ent = fn(model, ids, attn, tgt, with_entropy=with_entropy, chunk_tokens=5)
         loss = (logp * weights).sum() + (ent.sum() if with_entropy else 0.0)

@@ -207,6 +207,14 @@ class LlamaDecoder:
             h = h + w.down(F.silu(w.gate(x)) * w.up(x)).to(dtype)
         return h[:, -1]
 
+    def keep(self, rows: Tensor) -> None:
+        """Keep only these rows (indices into the current batch) from now on: finished rows
+        stop costing compute. Copies the kept rows' cache."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.len_B = self.len_B[rows]
+        self.mask_B11S = self.mask_B11S[rows]
+
     def step(self, tok_B: Tensor) -> Tensor:
         """Append one token per row (at the next cache column); next logits (B, V)."""
         t = self.t

@@ -213,6 +213,7 @@ def shared_prompt_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
+    pack_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
     group shares one prompt): each distinct prompt runs through the transformer once, packed in
@@ -235,8 +236,20 @@ def shared_prompt_logprobs(
     groups: dict[tuple[int, ...], list[int]] = {}
     for b in range(B):
         groups.setdefault(tuple(ids[b][: plens[b]]), []).append(b)
-    R = len(groups)
-    L = max(len(p) + sum(clens[b] for b in rows) for p, rows in groups.items())
+    # A group becomes one packed row, or several when its completions are long: attention in a
+    # packed row costs (its length)^2 while each completion needs only (prompt + itself), so a
+    # row is capped at pack_tokens (a single prompt + completion may exceed it).
+    packs: list[tuple[tuple[int, ...], list[int]]] = []
+    for prompt, rows in groups.items():
+        cur: list[int] = []
+        for b in rows:
+            if cur and len(prompt) + sum(clens[x] for x in cur) + clens[b] > pack_tokens:
+                packs.append((prompt, cur))
+                cur = []
+            cur.append(b)
+        packs.append((prompt, cur))
+    R = len(packs)
+    L = max(len(p) + sum(clens[b] for b in rows) for p, rows in packs)
     packed_RL = torch.zeros(R, L, dtype=torch.long)
     pos_RL = torch.zeros(R, L, dtype=torch.long)
     seg_RL = torch.full((R, L), -1, dtype=torch.long)  # -1 padding, 0 prompt, k+1 completion k
@@ -244,7 +257,7 @@ def shared_prompt_logprobs(
     # predicts completion token j (the prompt's last token for j = 0, else completion token j-1).
     src_r: list[int] = []
     src_c: list[int] = []
-    for r, (prompt, rows) in enumerate(groups.items()):
+    for r, (prompt, rows) in enumerate(packs):
         p = len(prompt)
         packed_RL[r, :p] = torch.tensor(prompt, dtype=torch.long)
         pos_RL[r, :p] = torch.arange(p)
@@ -278,7 +291,7 @@ def shared_prompt_logprobs(
     b_N, t_N = tmask_BT.nonzero(as_tuple=True)
     order = {}
     n = 0
-    for rows in groups.values():
+    for _, rows in packs:
         for b in rows:
             order[b] = n
             n += clens[b]

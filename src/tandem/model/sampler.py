@@ -176,22 +176,37 @@ def sample(
         dec = decoder.LlamaDecoder(model, [list(p) for p in prompts], N, pad_token_id)
         logits_BV, next_logits = dec.logits_BV, dec.step
     else:
+        dec = None
         logits_BV, next_logits = _hf_engine(model, prompts, P, N, pad_token_id, device)
     steps = 0
+    # Rows still being decoded (indices into the batch). With the decoder engine, once a quarter
+    # of them have finished they are dropped from the cache, so finished rows stop costing
+    # compute; the noise is still drawn for all B rows (the randomness contract above).
+    active_A = torch.arange(B, device=device)
     for s in range(N):
-        uniform_BV = None
+        uniform_AV = None
         if temperature > 0:
-            uniform_BV = _uniform(logits_BV.shape, generator, device)
-        tok_B, logp_B = _pick(logits_BV, uniform_BV, temperature, top_p)
-        tok_B = torch.where(finished_B, pad_B, tok_B)
-        tokens_BN[:, s] = tok_B
-        logps_BN[:, s] = logp_B
-        gen_len_B += ~finished_B
-        finished_B |= torch.isin(tok_B, eos_E)
+            uniform_AV = _uniform((B, logits_BV.shape[-1]), generator, device)
+            if len(active_A) < B:
+                uniform_AV = uniform_AV[active_A]
+        tok_A, logp_A = _pick(logits_BV, uniform_AV, temperature, top_p)
+        done_A = finished_B[active_A]
+        tok_A = torch.where(done_A, pad_B[: len(active_A)], tok_A)
+        tokens_BN[active_A, s] = tok_A
+        logps_BN[active_A, s] = logp_A
+        gen_len_B[active_A] += ~done_A
+        finished_B[active_A] = done_A | torch.isin(tok_A, eos_E)
         steps = s + 1
         if s == N - 1 or bool(finished_B.all()):
             break
-        logits_BV = next_logits(tok_B)
+        if dec is not None:
+            live_A = ~finished_B[active_A]
+            n_live = int(live_A.sum())
+            if n_live <= 0.75 * len(active_A):
+                keep = live_A.nonzero().squeeze(1)
+                dec.keep(keep)
+                active_A, tok_A = active_A[keep], tok_A[keep]
+        logits_BV = next_logits(tok_A)
 
     tokens = tokens_BN[:, :steps].tolist()
     lens = gen_len_B.tolist()
