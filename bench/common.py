@@ -172,3 +172,19 @@ def forward_flops(config, tokens: float, head_tokens: float) -> float:
     dh = getattr(config, "head_dim", None) or h // heads
     per_layer = h * heads * dh * 2 + 2 * h * kv * dh + 3 * h * inter  # q, o, k, v, mlp
     return 2 * layers * per_layer * tokens + 2 * h * config.vocab_size * head_tokens
+
+
+def trl_common_args(output_dir: str, dtype: str, max_steps: int) -> dict:
+    """Trainer settings both TRL harnesses share: CPU, bf16 only for the bf16 setting, a log
+    line per step (for the timer), nothing saved or reported, seed 0."""
+    return {
+        "output_dir": output_dir,
+        "max_steps": max_steps,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "bf16": dtype == "bf16",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+    }

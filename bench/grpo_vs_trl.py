@@ -36,6 +36,7 @@ from common import (  # noqa: E402
     median,
     timed_steps,
     trainer_timer,
+    trl_common_args,
 )
 
 LR = 1e-6
@@ -129,7 +130,6 @@ def child_trl(
 
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
-            output_dir=out,
             per_device_train_batch_size=p * g,
             num_generations=g,
             max_completion_length=n,
@@ -137,14 +137,7 @@ def child_trl(
             num_iterations=1,
             learning_rate=LR,
             temperature=1.0,
-            max_steps=warmup + steps,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            bf16=dtype == "bf16",
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=0,
+            **trl_common_args(out, dtype, warmup + steps),
             generation_kwargs={"min_new_tokens": n} if fixed_len else None,
         )
         trainer = GRPOTrainer(

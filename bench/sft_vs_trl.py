@@ -17,7 +17,15 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, compare, machine, median, timed_steps, trainer_timer  # noqa: E402
+from common import (  # noqa: E402
+    child_print,
+    compare,
+    machine,
+    median,
+    timed_steps,
+    trainer_timer,
+    trl_common_args,
+)
 
 BATCH, LR = 16, 2e-5
 
@@ -76,17 +84,9 @@ def child_trl(dtype: str, warmup: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
-            output_dir=out,
             per_device_train_batch_size=BATCH,
             learning_rate=LR,
-            max_steps=warmup + steps,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            bf16=dtype == "bf16",
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=0,
+            **trl_common_args(out, dtype, warmup + steps),
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
