@@ -1,0 +1,94 @@
+"""Where a tandem GRPO step's peak RSS is (docs/LOG.md, "Memory: what the peak is made of").
+
+Samples this process's RSS every 2 ms from a thread and keeps the maximum per phase of
+`train_step` (sample, log-prob forward, backward, optimizer step) over four steps; then frees
+the allocator's retained heap (`malloc_trim(0)`, glibc only) to show the live set, and prints the
+sizes of the parameters and the Adam state.
+
+    python bench/memory_by_phase.py fp32      # or bf16; SmolLM2-135M, GRPO 2x8x32
+"""
+
+from __future__ import annotations
+
+import ctypes
+import resource
+import sys
+import threading
+import time
+
+import torch
+
+import tandem.train.step as step_mod
+from tandem.config import load_config
+from tandem.train.loop import build_state
+
+
+def rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e9
+
+
+def main() -> None:
+    dtype = sys.argv[1] if len(sys.argv) > 1 else "fp32"
+    cfg = load_config(
+        None,
+        [
+            "method=grpo",
+            "model.name=smollm2-135m",
+            f"model.autocast_bf16={'true' if dtype == 'bf16' else 'false'}",
+            "task.name=add",
+            "task.params.digits=2",
+            "prompts_per_step=2",
+            "samples_per_prompt=8",
+            "max_new_tokens=32",
+            "lr=1e-6",
+            "tensorboard=false",
+            "progress=false",
+        ],
+    )
+    phase, peaks = ["build"], {}
+
+    def monitor() -> None:
+        while True:
+            peaks[phase[0]] = max(peaks.get(phase[0], 0.0), rss_gb())
+            time.sleep(0.002)
+
+    threading.Thread(target=monitor, daemon=True).start()
+    st = build_state(cfg, log=lambda s: None)
+
+    def labelled(fn, label):
+        def run(*a, **k):
+            phase[0] = label
+            try:
+                return fn(*a, **k)
+            finally:
+                phase[0] = label + " (after)"
+
+        return run
+
+    step_mod.sample = labelled(step_mod.sample, "sample")
+    step_mod.shared_prompt_logprobs = labelled(step_mod.shared_prompt_logprobs, "forward")
+    step_mod.token_logprobs = labelled(step_mod.token_logprobs, "forward")
+    torch.Tensor.backward = labelled(torch.Tensor.backward, "backward")
+    st.optimizer.step = labelled(st.optimizer.step, "optimizer")
+    for k in range(4):
+        step_mod.train_step(st, k)
+    time.sleep(0.05)
+    for name, gb in peaks.items():
+        print(f"peak RSS during {name:18s} {gb:.2f} GB")
+    print(f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
+    before = rss_gb()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    print(f"RSS now {before:.2f} GB, after malloc_trim(0) {rss_gb():.2f} GB (the live set)")
+    params = sum(p.numel() * p.element_size() for p in st.model.parameters())
+    adam = sum(
+        v.numel() * v.element_size()
+        for s in st.optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
+    print(f"parameters {params / 1e9:.2f} GB, Adam state {adam / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
