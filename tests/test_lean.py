@@ -5,8 +5,9 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from tandem.model import build_tiny
+from tandem.model import build_tiny, onednn
 from tandem.model.lean import lean_modules
 
 
@@ -52,3 +53,36 @@ def test_patches_only_inside_the_block_and_only_with_grad():
     assert "forward" not in norm.__dict__ and "forward" not in mlp.__dict__
     with torch.no_grad(), lean_modules(model):
         assert "forward" not in norm.__dict__
+
+
+def test_onednn_linear_matches_f_linear_with_all_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 11, 24, generator=g, requires_grad=True)
+    w = torch.randn(40, 24, generator=g, requires_grad=True)
+    b = torch.randn(40, generator=g, requires_grad=True)
+    gy = torch.randn(3, 11, 40, generator=g)
+    ref = F.linear(x, w, b)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), gy)
+    out = onednn.linear(x, w, b)
+    grads = torch.autograd.grad(out, (x, w, b), gy)
+    assert onednn.available()  # the CPU build ships oneDNN; if not, the test checks the fallback
+    assert out.grad_fn is not None and "_Linear" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    # bf16 and autocast take F.linear unchanged
+    wb = w.detach().bfloat16()
+    assert torch.equal(
+        onednn.linear(x.detach().bfloat16(), wb), F.linear(x.detach().bfloat16(), wb)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.linear(x, w).dtype == torch.bfloat16
+
+
+def test_onednn_linears_patch_with_and_without_grad_and_restore():
+    model, _ = build_tiny()
+    q = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad(), lean_modules(model):
+        assert "forward" in q.__dict__
+        assert "forward" not in model.model.norm.__dict__  # lean norm only with grad
+    assert "forward" not in q.__dict__

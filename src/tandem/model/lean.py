@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tandem.model.onednn import onednn_linears
+
 
 class _RMSNorm(torch.autograd.Function):
     """y = weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype), the normalization in float32."""
@@ -90,10 +92,18 @@ def _mlp_forward(m: nn.Module):
 @contextlib.contextmanager
 def lean_modules(model: nn.Module):
     """Within the block, Llama RMSNorm and SwiGLU MLP modules of `model` use the lean autograd
-    functions above (only while gradients are enabled; inference keeps the original code)."""
-    if not torch.is_grad_enabled():
-        yield
-        return
+    functions above (only while gradients are enabled; inference keeps the original code), and
+    float32 linears run through oneDNN (`tandem.model.onednn`, with or without gradients)."""
+    with onednn_linears(model):
+        if not torch.is_grad_enabled():
+            yield
+        else:
+            with _lean_norm_mlp(model):
+                yield
+
+
+@contextlib.contextmanager
+def _lean_norm_mlp(model: nn.Module):
     patched: list[nn.Module] = []
     try:
         for m in model.modules():

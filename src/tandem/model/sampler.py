@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tandem.model import decoder
+from tandem.model.onednn import onednn_linears
 
 
 @dataclass
@@ -163,6 +164,31 @@ def sample(
     _check_args(prompts, max_new_tokens, temperature, top_p)
     if engine not in ("auto", "hf"):
         raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
+    with onednn_linears(model):
+        return _sample(
+            model,
+            prompts,
+            max_new_tokens,
+            temperature,
+            top_p,
+            eos_token_ids,
+            pad_token_id,
+            generator,
+            engine,
+        )
+
+
+def _sample(
+    model: nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    generator: torch.Generator,
+    engine: str,
+) -> SampleOutput:
     device = _device(model)
     B, N = len(prompts), max_new_tokens
     P = max(len(p) for p in prompts)
