@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from tandem.model.head import head_logp_entropy
 from tandem.model.lean import lean_modules
 
 
@@ -75,11 +76,23 @@ def _selective_head(
     with_entropy: bool,
     chunk_tokens: int,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """LM head on the N rows that predict a target only, in checkpointed chunks: (N,), (N,).
-    Returns (None, None) when N == 0."""
+    """LM head on the N rows that predict a target only, in chunks of `chunk_tokens` rows:
+    (N,), (N,). A plain `nn.Linear` head runs fused (`tandem.model.head`: no logits kept, the
+    backward recomputes them per chunk); any other head module runs checkpointed chunks through
+    autograd. Returns (None, None) when N == 0."""
     if hidden_NH.shape[0] == 0:
         return None, None
     lm_head = model.get_output_embeddings()
+    if type(lm_head) is nn.Linear:
+        return head_logp_entropy(
+            hidden_NH,
+            lm_head.weight,
+            lm_head.bias,
+            targets_N,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_tokens=chunk_tokens,
+        )
     use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
     logps, ents = [], []
     for s in range(0, hidden_NH.shape[0], chunk_tokens):
@@ -115,7 +128,7 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 128,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each target token under the model, computed only where target_mask is set.
 
@@ -124,9 +137,9 @@ def token_logprobs(
     same distribution at those positions (0 elsewhere), or None unless with_entropy.
 
     The base transformer runs once; the LM head runs only on the N hidden rows that predict a
-    target, in chunks of `chunk_tokens` rows. When gradients are on, each chunk is
-    checkpointed, so at most one (chunk_tokens, V) logits block is alive at a time, in the
-    backward pass too. Differentiable w.r.t. the model parameters; autocast-friendly (the
+    target, in chunks of `chunk_tokens` rows (128 x a 49k vocabulary = 25 MB of float32
+    logits). The logits are never kept: the backward pass recomputes them per chunk
+    (`tandem.model.head`), so at most one (chunk_tokens, V) block is alive at a time. Differentiable w.r.t. the model parameters; autocast-friendly (the
     log-softmax is done in float32).
 
     Args:
@@ -171,7 +184,7 @@ def token_logprobs_reference(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 128,
 ) -> tuple[Tensor, Tensor | None]:
     """Same contract as token_logprobs, computed naively from full (B, T, V) logits (for tests)."""
     del chunk_tokens
@@ -212,7 +225,7 @@ def shared_prompt_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 128,
     pack_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
