@@ -76,10 +76,10 @@ def _selective_head(
     with_entropy: bool,
     chunk_tokens: int,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """LM head on the N rows that predict a target only, in chunks of `chunk_tokens` rows:
-    (N,), (N,). A plain `nn.Linear` head runs fused (`tandem.model.head`: no logits kept, the
-    backward recomputes them per chunk); any other head module runs checkpointed chunks through
-    autograd. Returns (None, None) when N == 0."""
+    """LM head on the N rows that predict a target only: (N,), (N,). A plain `nn.Linear` head
+    runs fused (`tandem.model.head`: no logits kept, both passes walk vocabulary slices); any
+    other head module runs checkpointed chunks of `chunk_tokens` rows through autograd.
+    Returns (None, None) when N == 0."""
     if hidden_NH.shape[0] == 0:
         return None, None
     lm_head = model.get_output_embeddings()
@@ -91,7 +91,6 @@ def _selective_head(
             targets_N,
             temperature=temperature,
             with_entropy=with_entropy,
-            chunk_tokens=chunk_tokens,
         )
     use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
     logps, ents = [], []
@@ -128,7 +127,7 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 128,
+    chunk_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each target token under the model, computed only where target_mask is set.
 
@@ -137,9 +136,9 @@ def token_logprobs(
     same distribution at those positions (0 elsewhere), or None unless with_entropy.
 
     The base transformer runs once; the LM head runs only on the N hidden rows that predict a
-    target, in chunks of `chunk_tokens` rows (128 x a 49k vocabulary = 25 MB of float32
-    logits). The logits are never kept: the backward pass recomputes them per chunk
-    (`tandem.model.head`), so at most one (chunk_tokens, V) block is alive at a time. Differentiable w.r.t. the model parameters; autocast-friendly (the
+    target. The logits are never kept: `tandem.model.head` walks the vocabulary in slices of at
+    most 24 MB of float32 logits in both passes (a head that is not a plain `nn.Linear` runs
+    checkpointed chunks of `chunk_tokens` rows instead). Differentiable w.r.t. the model parameters; autocast-friendly (the
     log-softmax is done in float32).
 
     Args:
@@ -184,7 +183,7 @@ def token_logprobs_reference(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 128,
+    chunk_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """Same contract as token_logprobs, computed naively from full (B, T, V) logits (for tests)."""
     del chunk_tokens
@@ -225,7 +224,7 @@ def shared_prompt_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = 128,
+    chunk_tokens: int = 1024,
     pack_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
