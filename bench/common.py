@@ -161,16 +161,18 @@ def measured_peak_flops(dtype: str, seconds: float = 2.0, n: int = 2048) -> floa
     kernels = [lambda: a @ b]
     if onednn.available():
         kernels.append(lambda: onednn._mm(a, b))
-    best = 0.0
-    for mm in kernels:
-        for _ in range(2):
-            mm()
-        k, t = 0, time.perf_counter()
-        while time.perf_counter() - t < seconds:
-            mm()
-            k += 1
-        best = max(best, 2 * n**3 * k / (time.perf_counter() - t))
-    return best
+    return max(2 * n**3 / seconds_per_call(mm, seconds) for mm in kernels)
+
+
+def seconds_per_call(fn: Callable[[], object], budget_s: float, warmup: int = 2) -> float:
+    """Mean seconds per call of `fn`, calling it repeatedly for about `budget_s` after warm-up."""
+    for _ in range(warmup):
+        fn()
+    k, t = 0, time.perf_counter()
+    while time.perf_counter() - t < budget_s:
+        fn()
+        k += 1
+    return (time.perf_counter() - t) / k
 
 
 def forward_flops(config, tokens: float, head_tokens: float) -> float:
