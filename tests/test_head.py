@@ -1,6 +1,6 @@
 """The fused LM head (tandem.model.head) gives the log-probs, entropies and gradients of the plain
-autograd formula log_softmax((h @ W.T + b) / T), in float32 and under bf16 autocast, for one vocabulary slice or several
-(the 256-column minimum gives three slices of V = 600)."""
+autograd formula log_softmax((h @ W.T + b) / T), in float32 and under bf16 autocast, for one
+vocabulary slice or several (the 256-column minimum gives three slices of V = 600)."""
 
 import pytest
 import torch

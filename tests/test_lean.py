@@ -86,3 +86,12 @@ def test_onednn_linears_patch_with_and_without_grad_and_restore():
         assert "forward" in q.__dict__
         assert "forward" not in model.model.norm.__dict__  # lean norm only with grad
     assert "forward" not in q.__dict__
+
+
+def test_onednn_probe_is_not_fooled_by_autocast():
+    onednn.available.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn.available()
+    finally:
+        onednn.available.cache_clear()

@@ -27,13 +27,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tandem.model import onednn
+from tandem.model import castcache, onednn
 
 
 def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(h.device.type) and h.device.type == "cpu":
         return torch.get_autocast_dtype("cpu")
     return torch.promote_types(h.dtype, weight.dtype)
+
+
+def _weight_source(weight: Tensor, cdtype: torch.dtype) -> Tensor:
+    """The weight to slice and cast: its registered bf16 copy when computing in bf16 (the same
+    values as casting it, without the cast; `tandem.model.castcache`), else itself."""
+    if cdtype == torch.bfloat16:
+        copy = castcache.cached(weight)
+        if copy is not None:
+            return copy
+    return weight
 
 
 def _blocks(V: int, N: int, block_bytes: int) -> list[tuple[int, int]]:
@@ -62,8 +72,9 @@ class _HeadLogp(torch.autograd.Function):
             # s2 = sum exp(z - m) * z (for the entropy), rescaled whenever m grows.
             m = torch.full((N,), float("-inf"), device=dev)
             s1, s2, tgt = (torch.zeros(N, device=dev) for _ in range(3))
+            wsrc = _weight_source(weight, cdtype)
             for v0, v1 in _blocks(weight.shape[0], N, block_bytes):
-                wb = weight[v0:v1].to(cdtype)
+                wb = wsrc[v0:v1].to(cdtype)
                 z = _block_logits(hc, wb, bias, v0, v1, cdtype, temperature)
                 inside = (targets_N >= v0) & (targets_N < v1)
                 idx = (targets_N - v0).clamp(0, v1 - v0 - 1)
@@ -102,8 +113,9 @@ class _HeadLogp(torch.autograd.Function):
                 else None
             )
             db = torch.empty_like(bias) if (need_b and bias is not None) else None
+            wsrc = _weight_source(weight, cdtype)
             for v0, v1 in _blocks(weight.shape[0], N, block_bytes):
-                wb = weight[v0:v1].to(cdtype)
+                wb = wsrc[v0:v1].to(cdtype)
                 z = _block_logits(hc, wb, bias, v0, v1, cdtype, temperature)
                 z.sub_(lse_N[:, None])  # log p
                 p = z.exp()

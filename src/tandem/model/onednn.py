@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tandem.model import castcache
+
 
 def _mm(a: Tensor, b_t: Tensor) -> Tensor:
     """a @ b_t.T through oneDNN (a: (..., K), b_t: (N, K), any strides)."""
@@ -42,7 +44,9 @@ def available() -> bool:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(5, 7, generator=g)
         w = torch.randn(3, 7, generator=g)
-        return bool(torch.allclose(_mm(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5))
+        # the first call may come from inside an autocast region: probe in plain fp32
+        with torch.autocast("cpu", enabled=False), torch.no_grad():
+            return bool(torch.allclose(_mm(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5))
     except (AttributeError, RuntimeError):
         return False
 
@@ -71,7 +75,12 @@ class _Linear(torch.autograd.Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear`, through oneDNN when every tensor is float32 on CPU and autocast is off."""
+    """`F.linear`, through oneDNN when every tensor is float32 on CPU and autocast is off. Under
+    bf16 autocast, a weight with a registered bf16 copy (`tandem.model.castcache`) uses it
+    instead of being cast again."""
+    w16 = castcache.cast_weight(weight)
+    if w16 is not None:
+        return F.linear(x, w16, bias)
     if (
         x.dtype == torch.float32
         and weight.dtype == torch.float32

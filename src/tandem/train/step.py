@@ -26,6 +26,7 @@ from tandem.algo.aggregate import aggregate, make_normalizer
 from tandem.algo.terms import get_expert_term, get_pg_term, kl_penalty, shaped_pg
 from tandem.config import RunConfig
 from tandem.encode import Encoder
+from tandem.model.castcache import bf16_weights
 from tandem.model.logprobs import shared_prompt_logprobs, token_logprobs
 from tandem.model.sampler import sample
 from tandem.rewards.safe import score_batch
@@ -56,34 +57,40 @@ class RunState:
 
 
 class SampleCopy:
-    """A bf16 copy of the policy, used only for sampling, whose weights exist only while it is
-    in use (`with st.sample_model.active(policy) as m:`).
+    """A bf16 copy of the policy's weights, refreshed from the policy before each use: the model
+    the sampler decodes with, and (through `tandem.model.castcache`) the bf16 weights of the
+    autocast training forward of the same step.
 
     Decoding is bound by reading weights, and bf16 weights halve that (decode step at batch 16:
-    130 -> 71-90 ms on SmolLM2-135M). The weights are cast from the policy on entry (so they are
-    always current) and released on exit, so they take no memory during the training forward
-    and backward, where the peak is (measured 0.27 GB lower peak RSS than keeping the copy).
+    130 -> 71-90 ms on SmolLM2-135M). The copy's buffers are allocated once and refreshed in
+    place (`copy_`): casting into a fresh 113 MB tensor costs 3x more (page faults, docs/LOG.md).
+    Autocast would otherwise cast every linear weight again in each training forward, so the
+    persistent copy replaces those casts rather than adding memory at the training peak.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.module = copy.deepcopy(model).to(torch.bfloat16).eval()
         # requires_grad stays True (it only ever runs under inference mode): measured 80-90 vs
         # 100-120 ms per decode step with requires_grad_(False), for reasons not yet understood.
-        self._release()
 
-    def _release(self) -> None:
-        for p in self.module.parameters():
-            p.data = torch.empty(0, dtype=torch.bfloat16, device=p.device)
+    def refresh(self, policy: torch.nn.Module) -> None:
+        """Copy the policy's current weights into the bf16 buffers."""
+        with torch.no_grad():
+            for dst, src in zip(self.module.parameters(), policy.parameters(), strict=True):
+                dst.copy_(src)
 
     @contextlib.contextmanager
     def active(self, policy: torch.nn.Module):
-        with torch.no_grad():
-            for dst, src in zip(self.module.parameters(), policy.parameters(), strict=True):
-                dst.data = src.detach().to(torch.bfloat16)
-        try:
-            yield self.module
-        finally:
-            self._release()
+        self.refresh(policy)
+        yield self.module
+
+    def pairs(self, policy: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(policy weight, its bf16 copy) for `castcache.bf16_weights` (current only after
+        `refresh` with no optimizer step since)."""
+        return [
+            (p, c.detach())
+            for p, c in zip(policy.parameters(), self.module.parameters(), strict=True)
+        ]
 
 
 def make_sample_model(model, cfg: RunConfig) -> SampleCopy | None:
@@ -109,6 +116,57 @@ def autocast_ctx(cfg: RunConfig):
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     """Sampling randomness is a pure function of (seed, step), so a resumed run repeats it."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63))
+
+
+def _forward_backward(st: RunState, batch, mu: float, norm_rl, norm_exp) -> dict[str, float]:
+    """Forward and backward over token-budget micro-batches (gradients accumulate in .grad);
+    the loss terms summed over micro-batches."""
+    cfg, obj = st.cfg, st.cfg.objective
+    pg_term, expert_term = get_pg_term(obj.pg_loss), get_expert_term(obj.expert_loss)
+    sums = {"loss/pg": 0.0, "loss/sft": 0.0, "loss/kl": 0.0, "loss/entropy": 0.0}
+    for rows in microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts):
+        mb = batch.rows(rows)
+        with autocast_ctx(cfg):
+            logp, ent = (shared_prompt_logprobs if cfg.share_prompts else token_logprobs)(
+                st.model,
+                mb.input_ids_BT,
+                mb.attention_mask_BT,
+                mb.target_mask_BT,
+                with_entropy=obj.entropy_coef > 0,
+            )
+        adv_BT = mb.adv_B[:, None].expand_as(logp)
+        m_off = mb.source_mask("offpolicy")
+        m_rl = mb.source_mask("rollout") + m_off
+        pg_tok = pg_term(
+            logp,
+            logp.detach(),
+            adv_BT,
+            clip_low=obj.clip_low,
+            clip_high=obj.clip_high,
+            clip_ratio_c=obj.clip_ratio_c,
+        )
+        if obj.demo_in_group:
+            pg_tok = torch.where(m_off.bool(), shaped_pg(logp, adv_BT, obj.shaping_gamma), pg_tok)
+        terms = {
+            "loss/pg": aggregate(pg_tok, m_rl, norm_rl),
+            "loss/sft": aggregate(expert_term(logp), mb.source_mask("expert"), norm_exp),
+        }
+        loss = (1.0 - mu) * terms["loss/pg"] + mu * terms["loss/sft"]
+        if obj.kl_coef > 0:
+            with torch.no_grad(), autocast_ctx(cfg):
+                ref_logp, _ = token_logprobs(
+                    st.ref_model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT
+                )
+            terms["loss/kl"] = aggregate(kl_penalty(logp, ref_logp, obj.kl_type), m_rl, norm_rl)
+            loss = loss + obj.kl_coef * terms["loss/kl"]
+        if obj.entropy_coef > 0:
+            terms["loss/entropy"] = aggregate(ent, m_rl, norm_rl)
+            loss = loss - obj.entropy_coef * terms["loss/entropy"]
+        loss.backward()
+        for k, v in terms.items():
+            sums[k] += float(v.detach())
+
+    return sums
 
 
 def train_step(st: RunState, step: int) -> dict[str, float]:
@@ -209,51 +267,15 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     const_len = obj.agg_const_len or cfg.max_new_tokens
     norm_rl = make_normalizer(m_rl_all, obj.agg, const_len)
     norm_exp = make_normalizer(m_exp_all, obj.expert_agg)
-    pg_term, expert_term = get_pg_term(obj.pg_loss), get_expert_term(obj.expert_loss)
-    sums = {"loss/pg": 0.0, "loss/sft": 0.0, "loss/kl": 0.0, "loss/entropy": 0.0}
     st.model.train()
     st.optimizer.zero_grad(set_to_none=True)
-    for rows in microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts):
-        mb = batch.rows(rows)
-        with autocast_ctx(cfg):
-            logp, ent = (shared_prompt_logprobs if cfg.share_prompts else token_logprobs)(
-                st.model,
-                mb.input_ids_BT,
-                mb.attention_mask_BT,
-                mb.target_mask_BT,
-                with_entropy=obj.entropy_coef > 0,
-            )
-        adv_BT = mb.adv_B[:, None].expand_as(logp)
-        m_off = mb.source_mask("offpolicy")
-        m_rl = mb.source_mask("rollout") + m_off
-        pg_tok = pg_term(
-            logp,
-            logp.detach(),
-            adv_BT,
-            clip_low=obj.clip_low,
-            clip_high=obj.clip_high,
-            clip_ratio_c=obj.clip_ratio_c,
-        )
-        if obj.demo_in_group:
-            pg_tok = torch.where(m_off.bool(), shaped_pg(logp, adv_BT, obj.shaping_gamma), pg_tok)
-        terms = {
-            "loss/pg": aggregate(pg_tok, m_rl, norm_rl),
-            "loss/sft": aggregate(expert_term(logp), mb.source_mask("expert"), norm_exp),
-        }
-        loss = (1.0 - mu) * terms["loss/pg"] + mu * terms["loss/sft"]
-        if obj.kl_coef > 0:
-            with torch.no_grad(), autocast_ctx(cfg):
-                ref_logp, _ = token_logprobs(
-                    st.ref_model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT
-                )
-            terms["loss/kl"] = aggregate(kl_penalty(logp, ref_logp, obj.kl_type), m_rl, norm_rl)
-            loss = loss + obj.kl_coef * terms["loss/kl"]
-        if obj.entropy_coef > 0:
-            terms["loss/entropy"] = aggregate(ent, m_rl, norm_rl)
-            loss = loss - obj.entropy_coef * terms["loss/entropy"]
-        loss.backward()
-        for k, v in terms.items():
-            sums[k] += float(v.detach())
+    shared_casts = contextlib.nullcontext()
+    if st.sample_model is not None:  # the training forward reuses the bf16 sampling copy
+        if not use_rl:  # not refreshed by sampling in this step
+            st.sample_model.refresh(st.model)
+        shared_casts = bf16_weights(st.sample_model.pairs(st.model))
+    with shared_casts:
+        sums = _forward_backward(st, batch, mu, norm_rl, norm_exp)
 
     # 6. optimizer step, schedule, controller
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
