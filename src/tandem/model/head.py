@@ -98,7 +98,7 @@ class _HeadLogp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp: Tensor | None, g_ent: Tensor | None):
         """Over vocabulary slices again: each slice's dz is built in place and used at once for
-        dh (accumulated, (N, H)) and for its rows of dW (written once, float32)."""
+        dh (accumulated, (N, H)) and for its rows of dW (written once, in the weight's dtype)."""
         h_NH, weight, bias, targets_N, lse_N, ent_N = ctx.saved_tensors
         cdtype, temperature, block_bytes = ctx.cfg
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
