@@ -58,3 +58,17 @@ def test_shared_prompt_matches_plain(with_entropy, pack_tokens):
         torch.testing.assert_close(en_b, en_a, atol=1e-5, rtol=1e-5)
     assert (lp_a[tgt == 0] == 0).all() and (lp_b[tgt == 0] == 0).all()
     torch.testing.assert_close(g_b, g_a, atol=1e-5, rtol=1e-4)
+
+
+def test_long_groups_split_into_balanced_parts_within_the_cap():
+    from tandem.model.logprobs import _balanced_parts
+
+    # 8 x 128 completion tokens behind a 46-token prompt, cap 1024: two parts of 4, not 7 + 1
+    assert _balanced_parts(list(range(8)), [128] * 8, 46, 1024) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _balanced_parts(list(range(8)), [20] * 8, 46, 1024) == [list(range(8))]
+    # a lone row longer than the cap is its own part
+    assert _balanced_parts([0, 1, 2], [30, 1, 1], 2, 12) == [[0], [1, 2]]
+    lens = [100, 20, 30, 128, 5, 128, 60, 90]
+    parts = _balanced_parts(list(range(8)), lens, 46, 300)
+    assert [b for p in parts for b in p] == list(range(8))  # order kept, nothing lost
+    assert all(46 + sum(lens[b] for b in p) <= 300 for p in parts)

@@ -216,6 +216,28 @@ def _split_prompt_completion(
     return first_B, length_B - first_B
 
 
+def _balanced_parts(rows: list[int], clens: list[int], plen: int, cap: int) -> list[list[int]]:
+    """Split a group's rows, in order, into the fewest parts whose packed length (prompt + their
+    completions) stays within `cap` (a lone row may exceed it), with the completion tokens spread
+    evenly over the parts: all parts are padded to the longest, so [7 rows, 1 row] would cost
+    almost twice [4 rows, 4 rows]."""
+    total = sum(clens[b] for b in rows)
+    for n in range(1, len(rows) + 1):
+        target = total / n
+        parts: list[list[int]] = [[]]
+        done = 0  # completion tokens in closed parts
+        for b in rows:
+            filled = sum(clens[x] for x in parts[-1])
+            over_cap = plen + filled + clens[b] > cap
+            if parts[-1] and len(parts) < n and (over_cap or done + filled >= target * len(parts)):
+                parts.append([])
+                done += filled
+            parts[-1].append(b)
+        if all(len(p) == 1 or plen + sum(clens[x] for x in p) <= cap for p in parts):
+            return parts
+    return [[b] for b in rows]
+
+
 def shared_prompt_logprobs(
     model: nn.Module,
     input_ids_BT: Tensor,
@@ -253,13 +275,7 @@ def shared_prompt_logprobs(
     # row is capped at pack_tokens (a single prompt + completion may exceed it).
     packs: list[tuple[tuple[int, ...], list[int]]] = []
     for prompt, rows in groups.items():
-        cur: list[int] = []
-        for b in rows:
-            if cur and len(prompt) + sum(clens[x] for x in cur) + clens[b] > pack_tokens:
-                packs.append((prompt, cur))
-                cur = []
-            cur.append(b)
-        packs.append((prompt, cur))
+        packs += [(prompt, part) for part in _balanced_parts(rows, clens, len(prompt), pack_tokens)]
     R = len(packs)
     L = max(len(p) + sum(clens[b] for b in rows) for p, rows in packs)
     packed_RL = torch.zeros(R, L, dtype=torch.long)
