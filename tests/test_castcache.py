@@ -47,9 +47,9 @@ def test_cached_copy_gives_autocast_values_and_gradients():
 
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_step_with_shared_copy_matches_plain_autocast(tmp_path, monkeypatch):
-    """Three real SFT-then-GRPO steps under autocast (the second SFT step must refresh the copy
-    after the first update without sampling; the GRPO step refreshes it by sampling): the same
-    gradients as without the shared copy."""
+    """Three real SFT-then-GRPO steps under autocast (SFT steps do not use the copy; the GRPO
+    step after two updates uses the copy its sampling refreshed): the same gradients as without
+    the shared copy."""
 
     def step_grads(share: bool) -> list[torch.Tensor]:
         if not share:
