@@ -42,14 +42,11 @@ from common import (  # noqa: E402
 LR = 1e-6
 
 
-def child_tandem(
-    p: int, g: int, n: int, dtype: str, warmup: int, steps: int, fixed_len: bool = False
-) -> dict:
+def tandem_grpo_config(p: int, g: int, n: int, dtype: str):
+    """tandem's RunConfig for the benchmark's GRPO setting (P prompts x G samples x N tokens)."""
     from tandem.config import load_config
-    from tandem.train.loop import build_state
-    from tandem.train.step import train_step
 
-    cfg = load_config(
+    return load_config(
         None,
         [
             "method=grpo",
@@ -66,6 +63,15 @@ def child_tandem(
             "progress=false",
         ],
     )
+
+
+def child_tandem(
+    p: int, g: int, n: int, dtype: str, warmup: int, steps: int, fixed_len: bool = False
+) -> dict:
+    from tandem.train.loop import build_state
+    from tandem.train.step import train_step
+
+    cfg = tandem_grpo_config(p, g, n, dtype)
     st = build_state(cfg, log=lambda s: None)
     if fixed_len:
         st.eos_ids = [-1]  # an id that never occurs: every completion runs to n tokens

@@ -15,12 +15,15 @@ import resource
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 
 import tandem.train.step as step_mod
-from tandem.config import load_config
 from tandem.train.loop import build_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpo_vs_trl import tandem_grpo_config  # noqa: E402
 
 
 def rss_gb() -> float:
@@ -30,22 +33,7 @@ def rss_gb() -> float:
 
 def main() -> None:
     dtype = sys.argv[1] if len(sys.argv) > 1 else "fp32"
-    cfg = load_config(
-        None,
-        [
-            "method=grpo",
-            "model.name=smollm2-135m",
-            f"model.autocast_bf16={'true' if dtype == 'bf16' else 'false'}",
-            "task.name=add",
-            "task.params.digits=2",
-            "prompts_per_step=2",
-            "samples_per_prompt=8",
-            "max_new_tokens=32",
-            "lr=1e-6",
-            "tensorboard=false",
-            "progress=false",
-        ],
-    )
+    cfg = tandem_grpo_config(2, 8, 32, dtype)
     phase, peaks = ["build"], {}
 
     def monitor() -> None:
