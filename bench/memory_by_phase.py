@@ -1,7 +1,9 @@
 """Where a tandem GRPO step's peak RSS is (docs/LOG.md, "Memory: what the peak is made of").
 
 Samples this process's RSS every 2 ms from a thread and keeps the maximum per phase of
-`train_step` (sample, log-prob forward, backward, optimizer step) over four steps; then frees
+`train_step` (sample, log-prob forward, backward, optimizer step) over four steps, with the most
+memory glibc malloc had handed out at once (mallinfo2: the live set, not the freed memory the
+heap keeps); then frees
 the allocator's retained heap (`malloc_trim(0)`, glibc only) to show the live set, and prints the
 sizes of the parameters and the Adam state.
 
@@ -31,14 +33,34 @@ def rss_gb() -> float:
         return int(f.read().split()[1]) * 4096 / 1e9
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def malloc_in_use_gb() -> float:
+    """Bytes glibc malloc has handed out and not had back (heap + mmapped), all arenas: the
+    live set, without the freed memory the heap keeps. NaN where mallinfo2 is missing."""
+    try:
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return float("nan")
+    f.restype = _MallInfo2
+    m = f()
+    return (m.uordblks + m.hblkhd) / 1e9
+
+
 def main() -> None:
     dtype = sys.argv[1] if len(sys.argv) > 1 else "fp32"
     cfg = tandem_grpo_config(2, 8, 32, dtype)
-    phase, peaks = ["build"], {}
+    phase, peaks, live = ["build"], {}, {}
 
     def monitor() -> None:
         while True:
             peaks[phase[0]] = max(peaks.get(phase[0], 0.0), rss_gb())
+            live[phase[0]] = max(live.get(phase[0], 0.0), malloc_in_use_gb())
             time.sleep(0.002)
 
     threading.Thread(target=monitor, daemon=True).start()
@@ -63,7 +85,7 @@ def main() -> None:
         step_mod.train_step(st, k)
     time.sleep(0.05)
     for name, gb in peaks.items():
-        print(f"peak RSS during {name:18s} {gb:.2f} GB")
+        print(f"peak RSS during {name:18s} {gb:.2f} GB (malloc in use at most {live[name]:.2f})")
     print(f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
     before = rss_gb()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
