@@ -32,65 +32,24 @@ def _decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
-class _LookupIntoGrad(torch.autograd.Function):
-    """Embedding lookup whose backward adds its rows straight into `weight.grad` (index_add_).
-
-    The weight is not an autograd input (`anchor` is a throwaway leaf that makes the output
-    require grad), so the engine never sums this gradient with the LM head's dense one. When
-    both reach the same tied parameter through the engine, it computes `dense + sparse` out of
-    place: a fresh (V, H) tensor and a full copy (~40 ms and 113 MB for SmolLM2, docs/LOG.md).
-    """
-
-    @staticmethod
-    def forward(ctx, ids: Tensor, anchor: Tensor, weight: Tensor, padding_idx: int | None):
-        ctx.weight, ctx.padding_idx = weight, padding_idx
-        ctx.save_for_backward(ids)
-        return torch.nn.functional.embedding(ids, weight.detach(), padding_idx)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        (ids,) = ctx.saved_tensors
-        w = ctx.weight
-        ids_N, g_NH = ids.reshape(-1), g.reshape(-1, g.shape[-1]).to(w.dtype)
-        if ctx.padding_idx is not None:
-            keep = ids_N != ctx.padding_idx
-            ids_N, g_NH = ids_N[keep], g_NH[keep]
-        with torch.no_grad():
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            w.grad.index_add_(0, ids_N, g_NH)
-        return None, None, None, None
-
-
 @contextlib.contextmanager
 def _sparse_tied_embedding(model: nn.Module):
-    """While gradients are on and the input embedding is tied to the LM head, the embedding
-    lookup adds its gradient rows directly into the shared weight's .grad (`_LookupIntoGrad`),
-    after the LM head's dense gradient has been accumulated there. What is skipped: building and
-    zero-filling a dense (V, H) gradient for a few hundred rows (measured ~0.37 s of a SmolLM2
-    GRPO step), and the engine's out-of-place sum of the two gradients. The .grad is the same.
-    Untied embeddings, and embeddings with max_norm, are left alone.
+    """While gradients are on and the input embedding is tied to the LM head, let the embedding
+    lookup produce a sparse gradient (only the looked-up rows). Autograd adds it to the LM head's
+    dense gradient of the same weight, so the parameter's .grad stays dense and equal; what is
+    skipped is building and zero-filling a dense (V, H) gradient for a few hundred rows (measured
+    ~0.37 s of a SmolLM2 GRPO step). Untied embeddings are left alone (optimizers want dense grads).
     """
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and emb is not None and emb.weight is head.weight
-    if (
-        not (tied and torch.is_grad_enabled() and type(emb) is nn.Embedding)
-        or not emb.weight.requires_grad
-        or emb.max_norm is not None
-        or "forward" in emb.__dict__
-    ):
+    if not (tied and torch.is_grad_enabled() and isinstance(emb, nn.Embedding)) or emb.sparse:
         yield
         return
-
-    def forward(ids: Tensor) -> Tensor:
-        anchor = torch.empty(0, device=ids.device, requires_grad=True)
-        return _LookupIntoGrad.apply(ids, anchor, emb.weight, emb.padding_idx)
-
-    emb.forward = forward
+    emb.sparse = True
     try:
         yield
     finally:
-        del emb.forward
+        emb.sparse = False
 
 
 def _chunk_logp_entropy(
