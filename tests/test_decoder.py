@@ -85,10 +85,11 @@ def test_packed_weights_give_the_same_bf16_logits():
 
 
 def test_sample_engines_agree_token_for_token():
+    """The decoder engine, with weights packed and not, and the transformers engine."""
     model, tok = build_tiny(seed=4)
     prompts = _prompts(tok)
     outs = []
-    for engine in ("auto", "hf"):
+    for engine, pack in (("auto", True), ("auto", False), ("hf", None)):
         outs.append(
             sample(
                 model,
@@ -100,12 +101,14 @@ def test_sample_engines_agree_token_for_token():
                 pad_token_id=tok.pad_token_id,
                 generator=torch.Generator().manual_seed(0),
                 engine=engine,
+                pack=pack,
             )
         )
-    assert outs[0].completions == outs[1].completions
-    assert outs[0].finished == outs[1].finished
-    for a, b in zip(outs[0].logprobs, outs[1].logprobs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for other in outs[1:]:
+        assert outs[0].completions == other.completions
+        assert outs[0].finished == other.finished
+        for a, b in zip(outs[0].logprobs, other.logprobs):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="engine"):
         sample(model, prompts, max_new_tokens=1, eos_token_ids=[1], pad_token_id=0,
                generator=torch.Generator(), engine="vllm")  # fmt: skip

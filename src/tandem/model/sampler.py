@@ -150,6 +150,7 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator,
     engine: str = "auto",
+    pack: bool | None = None,
 ) -> SampleOutput:
     """Sample completions for a batch of token-id prompts (see the module doc for the RNG order).
 
@@ -160,6 +161,10 @@ def sample(
     engine: "auto" uses `tandem.model.decoder` (static cache, one prefill per distinct prompt)
     when the model is a Llama it reproduces, else the transformers forward; "hf" always uses the
     transformers forward with its dynamic cache.
+
+    pack (decoder engine only): pack the linear weights for oneDNN once for this call, which
+    holds a copy of them while sampling (`tandem.model.decoder`); None packs from
+    `decoder.PACK_MIN_NEW_TOKENS` new tokens on. False saves that memory at some speed.
     """
     _check_args(prompts, max_new_tokens, temperature, top_p)
     if engine not in ("auto", "hf"):
@@ -175,6 +180,7 @@ def sample(
             pad_token_id,
             generator,
             engine,
+            pack,
         )
 
 
@@ -188,6 +194,7 @@ def _sample(
     pad_token_id: int,
     generator: torch.Generator,
     engine: str,
+    pack: bool | None,
 ) -> SampleOutput:
     device = _device(model)
     B, N = len(prompts), max_new_tokens
@@ -199,7 +206,7 @@ def _sample(
     gen_len_B = torch.zeros(B, dtype=torch.long, device=device)
     pad_B = torch.full((B,), pad_token_id, dtype=torch.long, device=device)
     if engine == "auto" and decoder.supports(model):
-        dec = decoder.LlamaDecoder(model, [list(p) for p in prompts], N, pad_token_id)
+        dec = decoder.LlamaDecoder(model, [list(p) for p in prompts], N, pad_token_id, pack)
         logits_BV, next_logits = dec.logits_BV, dec.step
     else:
         dec = None
