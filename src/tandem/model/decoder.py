@@ -145,8 +145,8 @@ class LlamaDecoder:
         self.scale = self.head_dim**-0.5
         dev = base.embed_tokens.weight.device
         self.dtype = self._act_dtype()
-        # Packing costs about one pass over the weights (~40 ms bf16 for SmolLM2-135M) and saves
-        # 6-14 ms per decode step: worth it from a few dozen steps (docs/LOG.md).
+        # Packing costs about one pass over the weights (40-85 ms for SmolLM2-135M once its
+        # memory is warm) and saves 3-14 ms per decode step (`python bench/decode_linears.py`).
         pack = max_new_tokens >= PACK_MIN_NEW_TOKENS if pack is None else pack
         rows = len(prompts)
 

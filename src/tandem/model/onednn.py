@@ -102,9 +102,9 @@ def packed_weight(weight: Tensor, rows: int) -> Tensor | None:
 
     A plain weight is reordered inside every oneDNN call; packing it once makes a decode step's
     matmuls read each weight once. Measured on SmolLM2-135M's shapes (`python
-    bench/matmul_shapes.py --packed`, docs/LOG.md): bf16 at 1 row 17 -> 12 ms per token, at 16
-    rows 21 -> 15 ms; the float32 LM head at 16 rows 10.6 -> 4.6 ms. Packing costs about one
-    pass over the weights and their size in memory while they are held.
+    bench/decode_linears.py`, docs/LOG.md): all layers in bf16 at 1 row 11.5 -> 8.3 ms per
+    step, at 16 rows 14.3 -> 10.6 ms; the float32 LM head at 16 rows 11.2 -> 3.4 ms. Packing
+    costs about one pass over the weights and their size in memory while they are held.
     """
     if (
         weight.device.type != "cpu"
