@@ -72,3 +72,32 @@ def test_long_groups_split_into_balanced_parts_within_the_cap():
     parts = _balanced_parts(list(range(8)), lens, 46, 300)
     assert [b for p in parts for b in p] == list(range(8))  # order kept, nothing lost
     assert all(46 + sum(lens[b] for b in p) <= 300 for p in parts)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_tied_embedding_gradient_bitwise(shared: bool) -> None:
+    """The tied lookup adds its rows into the fused head's dense gradient in place
+    (`head.TiedGrad`): .grad is bitwise what autograd's own dense + sparse sum gives, over two
+    accumulated backward passes, with padding ids in the batch (their row gets no gradient)."""
+    torch.manual_seed(0)
+    model, tok = build_tiny(seed=0)
+    emb = model.get_input_embeddings()
+    assert emb.weight is model.get_output_embeddings().weight
+    pad = emb.padding_idx if emb.padding_idx is not None else 0
+    emb.padding_idx = pad
+    fn = shared_prompt_logprobs if shared else token_logprobs
+    ids, attn, tgt = _batch(tok)
+    ids[attn.bool() & (tgt == 0)] = pad  # the prompts' tokens become padding ids
+    grads = []
+    for sparse in (True, False):  # True: the lookup gradient is sparse, autograd adds it
+        emb.sparse = sparse
+        model.zero_grad(set_to_none=True)
+        for k in range(2):
+            logp, _ = fn(model, ids, attn, tgt)
+            (logp * (k + 1.5)).sum().backward()
+        emb.sparse = False
+        assert not emb.weight.grad.is_sparse
+        assert (emb.weight.grad[pad] == model.get_output_embeddings().weight.grad[pad]).all()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

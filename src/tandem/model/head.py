@@ -61,9 +61,24 @@ def _block_logits(hc, wb, bias, v0, v1, cdtype, temperature) -> Tensor:
     return z
 
 
+class TiedGrad:
+    """Hands the LM head's dense weight gradient to the tied embedding lookup's backward pass.
+
+    The head's backward runs first (the head is the last op of the forward pass) and parks its
+    (V, H) gradient here; the lookup's backward adds its rows into that tensor in place and
+    returns it as the weight's one gradient. Autograd would otherwise sum the two gradients out
+    of place (a fresh (V, H) tensor and a full copy at the end of every backward pass).
+    """
+
+    __slots__ = ("dense",)
+
+    def __init__(self) -> None:
+        self.dense: Tensor | None = None
+
+
 class _HeadLogp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_NH, weight, bias, targets_N, temperature, with_entropy, block_bytes):
+    def forward(ctx, h_NH, weight, bias, targets_N, temperature, with_entropy, block_bytes, tied):
         cdtype = _compute_dtype(h_NH, weight)
         N, dev = h_NH.shape[0], h_NH.device
         with torch.autocast(dev.type, enabled=False):
@@ -91,6 +106,7 @@ class _HeadLogp(torch.autograd.Function):
             ent_N = lse_N - s2 / s1 if with_entropy else torch.zeros_like(lse_N)
         ctx.save_for_backward(h_NH, weight, bias, targets_N, lse_N, ent_N)
         ctx.cfg = (cdtype, temperature, block_bytes)
+        ctx.tied = tied
         if not with_entropy:
             ctx.mark_non_differentiable(ent_N)
         return logp_N, ent_N
@@ -140,7 +156,9 @@ class _HeadLogp(torch.autograd.Function):
                 if db is not None:
                     db[v0:v1] = dzc.float().sum(0)
         dh = dh.to(h_NH.dtype) if need_h else None
-        return dh, dw, db, None, None, None, None
+        if ctx.tied is not None and dw is not None:  # the tied lookup's backward adds to it
+            ctx.tied.dense, dw = dw, None
+        return dh, dw, db, None, None, None, None, None
 
 
 def head_logp_entropy(
@@ -152,12 +170,22 @@ def head_logp_entropy(
     temperature: float = 1.0,
     with_entropy: bool = False,
     block_bytes: int = 24 << 20,
+    tied_grad: TiedGrad | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(logp_N, entropy_N) float32 of softmax((h @ weight.T + bias) / temperature) at targets_N.
     entropy_N is zeros unless with_entropy. Differentiable w.r.t. h, weight and bias.
-    block_bytes bounds each (N, vocabulary slice) float32 block (at least 256 columns)."""
+    block_bytes bounds each (N, vocabulary slice) float32 block (at least 256 columns).
+    tied_grad: when the weight is also the input embedding (a `TiedGrad`),
+    the weight's gradient is handed to the embedding lookup's backward pass instead of returned."""
     if h_NH.shape[0] == 0:
         raise ValueError("head_logp_entropy needs at least one row")
     return _HeadLogp.apply(
-        h_NH, weight, bias, targets_N, float(temperature), bool(with_entropy), int(block_bytes)
+        h_NH,
+        weight,
+        bias,
+        targets_N,
+        float(temperature),
+        bool(with_entropy),
+        int(block_bytes),
+        tied_grad,
     )

@@ -9,9 +9,10 @@ import contextlib
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tandem.model.head import head_logp_entropy
+from tandem.model.head import TiedGrad, head_logp_entropy
 from tandem.model.lean import lean_modules
 
 
@@ -32,24 +33,58 @@ def _decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
+class _TiedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids: Tensor, weight: Tensor, padding_idx: int | None, slot: TiedGrad):
+        ctx.save_for_backward(ids)
+        ctx.shape, ctx.padding_idx, ctx.slot = weight.shape, padding_idx, slot
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (ids,) = ctx.saved_tensors
+        ids_N, g_NH = ids.reshape(-1), g.reshape(-1, g.shape[-1])
+        if ctx.padding_idx is not None:  # the padding row gets no gradient (as nn.Embedding)
+            keep = ids_N != ctx.padding_idx
+            ids_N, g_NH = ids_N[keep], g_NH[keep]
+        dense, ctx.slot.dense = ctx.slot.dense, None
+        if dense is None:  # the head left no dense gradient: a sparse one, as nn.Embedding(sparse)
+            return (
+                None,
+                torch.sparse_coo_tensor(ids_N[None], g_NH, ctx.shape, check_invariants=False),
+                None,
+                None,
+            )
+        # Bitwise what autograd's dense + sparse sum gives (tested), without the copy.
+        return None, dense.index_add_(0, ids_N, g_NH.to(dense.dtype)), None, None
+
+
 @contextlib.contextmanager
-def _sparse_tied_embedding(model: nn.Module):
-    """While gradients are on and the input embedding is tied to the LM head, let the embedding
-    lookup produce a sparse gradient (only the looked-up rows). Autograd adds it to the LM head's
-    dense gradient of the same weight, so the parameter's .grad stays dense and equal; what is
-    skipped is building and zero-filling a dense (V, H) gradient for a few hundred rows (measured
-    ~0.37 s of a SmolLM2 GRPO step). Untied embeddings are left alone (optimizers want dense grads).
-    """
+def _tied_embedding_grad(model: nn.Module):
+    """While gradients are on and the input embedding is tied to the LM head, the lookup's
+    gradient holds only the looked-up rows: skipped are building and zero-filling a dense (V, H)
+    gradient for a few hundred rows (measured ~0.37 s of a SmolLM2 GRPO step) and, when the fused
+    head runs (it takes the yielded `TiedGrad`), the out-of-place sum of the two gradients.
+    Yields the `TiedGrad` to pass to `head_logp_entropy`, or None. Untied embeddings are left
+    alone (optimizers want dense grads)."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and emb is not None and emb.weight is head.weight
     if not (tied and torch.is_grad_enabled() and isinstance(emb, nn.Embedding)) or emb.sparse:
-        yield
+        yield None
         return
-    emb.sparse = True
+    if type(emb) is not nn.Embedding or emb.max_norm is not None or emb.scale_grad_by_freq:
+        emb.sparse = True  # autograd adds the sparse lookup gradient to the head's dense one
+        try:
+            yield None
+        finally:
+            emb.sparse = False
+        return
+    slot = TiedGrad()
+    emb.forward = lambda ids: _TiedLookup.apply(ids, emb.weight, emb.padding_idx, slot)
     try:
-        yield
+        yield slot
     finally:
-        emb.sparse = False
+        del emb.forward
 
 
 def _chunk_logp_entropy(
@@ -75,6 +110,7 @@ def _selective_head(
     temperature: float,
     with_entropy: bool,
     chunk_tokens: int,
+    tied: TiedGrad | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """LM head on the N rows that predict a target only: (N,), (N,). A plain `nn.Linear` head
     runs fused (`tandem.model.head`: no logits kept, both passes walk vocabulary slices); any
@@ -91,6 +127,7 @@ def _selective_head(
             targets_N,
             temperature=temperature,
             with_entropy=with_entropy,
+            tied_grad=tied,
         )
     use_ckpt = torch.is_grad_enabled() and hidden_NH.requires_grad
     logps, ents = [], []
@@ -150,7 +187,7 @@ def token_logprobs(
     """
     _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
     B, T = input_ids_BT.shape
-    with _sparse_tied_embedding(model), lean_modules(model):
+    with _tied_embedding_grad(model) as tied, lean_modules(model):
         out = _decoder(model)(
             input_ids=input_ids_BT,
             attention_mask=attention_mask_BT,
@@ -164,7 +201,7 @@ def token_logprobs(
     hidden_NH = hidden_BTH[b_N, t_N - 1]
     targets_N = input_ids_BT[b_N, t_N]
     logp_N, ent_N = _selective_head(
-        model, hidden_NH, targets_N, temperature, with_entropy, chunk_tokens
+        model, hidden_NH, targets_N, temperature, with_entropy, chunk_tokens, tied
     )
     zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=input_ids_BT.device)
     if logp_N is None:  # no targets at all: keep the graph connected so backward() still works
@@ -306,7 +343,7 @@ def shared_prompt_logprobs(
         (idx[None, :] <= idx[:, None])[None] & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))
     )
     allow_RLL |= torch.eye(L, dtype=torch.bool)[None]  # padding rows see themselves: no NaN
-    with _sparse_tied_embedding(model), lean_modules(model):
+    with _tied_embedding_grad(model) as tied, lean_modules(model):
         out = _decoder(model)(
             input_ids=packed_RL.to(dev),
             attention_mask=allow_RLL[:, None].to(dev),
@@ -328,7 +365,13 @@ def shared_prompt_logprobs(
     r_N = torch.tensor(src_r, dtype=torch.long)[pick].to(dev)
     c_N = torch.tensor(src_c, dtype=torch.long)[pick].to(dev)
     logp_N, ent_N = _selective_head(
-        model, hidden_RLH[r_N, c_N], input_ids_BT[b_N, t_N], temperature, with_entropy, chunk_tokens
+        model,
+        hidden_RLH[r_N, c_N],
+        input_ids_BT[b_N, t_N],
+        temperature,
+        with_entropy,
+        chunk_tokens,
+        tied,
     )
     zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=dev)
     if logp_N is None:
