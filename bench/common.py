@@ -19,6 +19,39 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 
+# The malloc each side's child process starts on (tandem.allocator): tandem's as the `tandem`
+# command picks it (auto: tcmalloc, else jemalloc, else glibc); the peer's as it ships (glibc) or
+# the same as tandem's. Set from the command line by `use_allocators`.
+ALLOCATORS = {"tandem": "auto", "peer": "system"}
+
+
+def add_allocator_args(ap) -> None:
+    from tandem import allocator
+
+    ap.add_argument(
+        "--allocator",
+        default="auto",
+        choices=allocator.CHOICES,
+        help="malloc of the tandem runs, as TANDEM_ALLOCATOR (default auto: what the `tandem` "
+        "command uses: tcmalloc, else jemalloc, else glibc's)",
+    )
+    ap.add_argument(
+        "--peer-allocator",
+        default="system",
+        choices=("system", "same"),
+        help="malloc of the peer's runs: system (glibc, as it ships; default) or the same as tandem's",
+    )
+
+
+def use_allocators(a) -> str:
+    """Record the command line's allocator choices; return a line saying what each side runs on."""
+    from tandem import allocator
+
+    ALLOCATORS["tandem"] = a.allocator
+    ALLOCATORS["peer"] = a.allocator if a.peer_allocator == "same" else "system"
+    names = {k: allocator.resolve(v)[0] for k, v in ALLOCATORS.items()}
+    return f"malloc: tandem {names['tandem']}, peer {names['peer']}"
+
 
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far (Linux reports KiB)."""
@@ -26,8 +59,13 @@ def peak_rss_gb() -> float:
 
 
 def run_child(script: Path, args: list[str], timeout: int = 3600) -> dict:
-    """Run `python script --child ARGS` and parse the last stdout line as JSON."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    """Run `python script --child ARGS` (ARGS[0] the tool) on that side's allocator and parse
+    the last stdout line as JSON."""
+    from tandem import allocator
+
+    side = "tandem" if args[0] == "tandem" else "peer"
+    env = allocator.preload_env(ALLOCATORS[side])
+    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
     proc = subprocess.run(
         [sys.executable, str(script), "--child", *args],
         capture_output=True,
@@ -42,7 +80,10 @@ def run_child(script: Path, args: list[str], timeout: int = 3600) -> dict:
 
 
 def child_print(result: dict) -> None:
+    from tandem import allocator
+
     result["peak_rss_gb"] = peak_rss_gb()
+    result["malloc"] = allocator.in_use()
     print(json.dumps(result), flush=True)
 
 
@@ -112,7 +153,8 @@ def compare(
                     f" {out['peak_tflops']:.2f} TFLOP/s)"
                 )
             print(
-                f"  {tool:8s} {setting}: {out['step_s']:.3f} s, peak {out['peak_rss_gb']:.2f} GB{extra}",
+                f"  {tool:8s} {setting}: {out['step_s']:.3f} s, peak {out['peak_rss_gb']:.2f} GB"
+                f" ({out['malloc']}){extra}",
                 flush=True,
             )
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_allocator_args,
     child_print,
     compare,
     forward_flops,
@@ -37,6 +38,7 @@ from common import (  # noqa: E402
     timed_steps,
     trainer_timer,
     trl_common_args,
+    use_allocators,
 )
 
 LR = 1e-6
@@ -163,6 +165,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    add_allocator_args(ap)
     a = ap.parse_args()
     if a.child is not None:
         tool, p, g, n, dtype, warmup, steps = a.child
@@ -175,6 +178,7 @@ def main() -> None:
     if not a.quick:
         settings.append(((8, 8, 128), a.repeats or 1))
     print(f"machine: {machine()}")
+    print(use_allocators(a))
     lines = []
     for (p, g, n), repeats in settings:
         steps = 2 if p * g * n > 2048 else (3 if a.quick else 5)

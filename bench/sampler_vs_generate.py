@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, machine, median, result_line, run_child  # noqa: E402
+from common import (  # noqa: E402
+    add_allocator_args,
+    child_print,
+    machine,
+    median,
+    result_line,
+    run_child,
+    use_allocators,
+)
 
 
 def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
@@ -89,6 +97,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    add_allocator_args(ap)
     a = ap.parse_args()
     if a.child is not None:
         tool, b, n, dtype, reps = a.child
@@ -97,6 +106,7 @@ def main() -> None:
     n = 32 if a.quick else 64
     reps = 1 if a.quick else 3
     print(f"machine: {machine()}")
+    print(use_allocators(a))
     lines = []
     res: dict[tuple[str, str, int], dict] = {}
     dtypes = a.dtypes.split(",")
@@ -107,7 +117,7 @@ def main() -> None:
                 res[tool, dtype, b] = r
                 print(
                     f"  {tool:8s} batch {b:2d} {dtype}: {r['tokens_per_s']:.1f} new tokens/s, "
-                    f"peak {r['peak_rss_gb']:.2f} GB",
+                    f"peak {r['peak_rss_gb']:.2f} GB ({r['malloc']})",
                     flush=True,
                 )
     pairs = [(d, d, d) for d in dtypes]

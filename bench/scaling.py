@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import child_print, compare, machine  # noqa: E402
+from common import add_allocator_args, child_print, compare, machine, use_allocators  # noqa: E402
 from grpo_vs_trl import child_tandem, child_trl  # noqa: E402
 
 
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    add_allocator_args(ap)
     a = ap.parse_args()
     if a.child is not None:
         tool, p, g, n, dtype, warmup, steps = a.child
@@ -42,6 +43,7 @@ def main() -> None:
     lengths = (32, 128) if a.quick else (32, 128, 512)
     grid = [(2, g, 32) for g in groups] + [(2, 8, n) for n in lengths if n != 32]
     print(f"machine: {machine()}")
+    print(use_allocators(a))
     lines = []
     for p, g, n in grid:
         steps = 2 if g * n >= 1024 else 3

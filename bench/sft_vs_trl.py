@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_allocator_args,
     child_print,
     compare,
     machine,
@@ -25,6 +26,7 @@ from common import (  # noqa: E402
     timed_steps,
     trainer_timer,
     trl_common_args,
+    use_allocators,
 )
 
 BATCH, LR = 16, 2e-5
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    add_allocator_args(ap)
     a = ap.parse_args()
     if a.child is not None:
         tool, dtype, warmup, steps = a.child
@@ -110,6 +113,7 @@ def main() -> None:
         return
     repeats = 1 if a.quick else 3
     print(f"machine: {machine()}")
+    print(use_allocators(a))
     lines = []
     for dtype in a.dtypes.split(","):
         lines.append(compare(Path(__file__), f"sft_b{BATCH}_{dtype}", [dtype, "1", "5"], repeats))

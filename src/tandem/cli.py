@@ -208,5 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `tandem` console script: `main` on tcmalloc or jemalloc where installed (the process
+    re-executes itself once with the library preloaded; `tandem.allocator`, TANDEM_ALLOCATOR)."""
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "quickstart", "eval"):
+        from tandem import allocator
+
+        try:
+            allocator.reexec()
+        except TandemError as e:
+            print(f"tandem: {e}", file=sys.stderr)
+            sys.exit(2)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

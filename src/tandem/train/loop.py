@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tandem import allocator
 from tandem.algo.controllers import build_controller
 from tandem.config import RunConfig, dump_config, load_config
 from tandem.encode import Encoder
@@ -114,6 +115,7 @@ def describe_sizes(cfg: RunConfig) -> str:
         + f" (when mu < 1); {cfg.demos_per_step} demonstrations (when mu > 0)",
         f"max_new_tokens {cfg.max_new_tokens} | tokens_per_microbatch {cfg.tokens_per_microbatch}"
         f" | lr {cfg.lr} | mu {obj.mu.model_dump()}",
+        f"malloc {allocator.in_use()} (TANDEM_ALLOCATOR; see tandem.allocator)",
     ]
     return "\n".join(lines)
 
