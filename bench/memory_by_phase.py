@@ -8,6 +8,7 @@ the allocator's retained heap (`malloc_trim(0)`, glibc only) to show the live se
 sizes of the parameters and the Adam state.
 
     python bench/memory_by_phase.py fp32      # or bf16; SmolLM2-135M, GRPO 2x8x32
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python bench/memory_by_phase.py bf16
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,9 +42,31 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+def _tcmalloc_allocated() -> Callable[[], float] | None:
+    """tcmalloc's count of bytes handed out and not freed, when this process runs on it."""
+    try:
+        f = ctypes.CDLL(None).MallocExtension_GetNumericProperty
+    except AttributeError:
+        return None
+    f.restype = ctypes.c_int
+    out = ctypes.c_size_t()
+
+    def allocated() -> float:
+        f(b"generic.current_allocated_bytes", ctypes.byref(out))
+        return out.value / 1e9
+
+    return allocated
+
+
+_TCMALLOC = _tcmalloc_allocated()
+
+
 def malloc_in_use_gb() -> float:
-    """Bytes glibc malloc has handed out and not had back (heap + mmapped), all arenas: the
-    live set, without the freed memory the heap keeps. NaN where mallinfo2 is missing."""
+    """Bytes malloc has handed out and not had back (glibc: heap + mmapped, all arenas; or
+    tcmalloc's own count): the live set, without the freed memory the allocator keeps. NaN
+    where neither is available (e.g. jemalloc)."""
+    if _TCMALLOC is not None:
+        return _TCMALLOC()
     try:
         f = ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):

@@ -84,6 +84,11 @@ class SampleCopy:
                 else:
                     dst.copy_(src)
 
+    def release(self) -> None:
+        """Drop the copy's buffers (the next `refresh` allocates them again)."""
+        for p in self.module.parameters():
+            p.data = torch.empty(0, dtype=torch.bfloat16, device=p.device)
+
     @contextlib.contextmanager
     def active(self, policy: torch.nn.Module):
         self.refresh(policy)
@@ -123,13 +128,17 @@ def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63))
 
 
-def _forward_backward(st: RunState, batch, mu: float, norm_rl, norm_exp) -> dict[str, float]:
+def _forward_backward(
+    st: RunState, batch, mu: float, norm_rl, norm_exp, before_last_backward=None
+) -> dict[str, float]:
     """Forward and backward over token-budget micro-batches (gradients accumulate in .grad);
-    the loss terms summed over micro-batches."""
+    the loss terms summed over micro-batches. `before_last_backward()` runs after the last
+    forward pass."""
     cfg, obj = st.cfg, st.cfg.objective
     pg_term, expert_term = get_pg_term(obj.pg_loss), get_expert_term(obj.expert_loss)
     sums = {"loss/pg": 0.0, "loss/sft": 0.0, "loss/kl": 0.0, "loss/entropy": 0.0}
-    for rows in microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts):
+    chunks = microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
+    for i, rows in enumerate(chunks):
         mb = batch.rows(rows)
         with autocast_ctx(cfg):
             logp, ent = (shared_prompt_logprobs if cfg.share_prompts else token_logprobs)(
@@ -167,6 +176,8 @@ def _forward_backward(st: RunState, batch, mu: float, norm_rl, norm_exp) -> dict
         if obj.entropy_coef > 0:
             terms["loss/entropy"] = aggregate(ent, m_rl, norm_rl)
             loss = loss - obj.entropy_coef * terms["loss/entropy"]
+        if i == len(chunks) - 1 and before_last_backward is not None:
+            before_last_backward()
         loss.backward()
         for k, v in terms.items():
             sums[k] += float(v.detach())
@@ -274,14 +285,16 @@ def train_step(st: RunState, step: int) -> dict[str, float]:
     norm_exp = make_normalizer(m_exp_all, obj.expert_agg)
     st.model.train()
     st.optimizer.zero_grad(set_to_none=True)
-    shared_casts = contextlib.nullcontext()
-    if st.sample_model is not None and use_rl:
-        # The training forward reuses the bf16 copy this step's sampling just refreshed. Steps
-        # that did not sample (SFT) let autocast cast: refreshing the whole copy for them was
-        # slower (SFT bf16 2.5 -> 3.4 s/step, docs/LOG.md).
-        shared_casts = bf16_weights(st.sample_model.pairs(st.model))
-    with shared_casts:
-        sums = _forward_backward(st, batch, mu, norm_rl, norm_exp)
+    with contextlib.ExitStack() as shared_casts:
+        if st.sample_model is not None and use_rl:
+            # The training forward reuses the bf16 copy this step's sampling just refreshed.
+            # Steps that did not sample (SFT) let autocast cast: refreshing the whole copy for
+            # them was slower (SFT bf16 2.5 -> 3.4 s/step, docs/LOG.md). After the last forward
+            # the copy is let go: the autograd graph holds the only references, so each layer's
+            # bf16 weights are freed as the backward pass leaves it (lower peak, docs/LOG.md).
+            shared_casts.enter_context(bf16_weights(st.sample_model.pairs(st.model)))
+            shared_casts.callback(st.sample_model.release)
+        sums = _forward_backward(st, batch, mu, norm_rl, norm_exp, shared_casts.close)
 
     # 6. optimizer step, schedule, controller
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
