@@ -79,7 +79,14 @@ class _Linears:
     def __call__(self, x: Tensor) -> list[Tensor]:
         if self.w is None:
             return [m(x) for m in self.mods]
-        return onednn.packed_linear(x.to(self.dtype), self.w, self.b).split(self.sizes, -1)
+        out = onednn.packed_linear(x.to(self.dtype), self.w, self.b)
+        return [out] if len(self.sizes) == 1 else out.split(self.sizes, -1)
+
+    def joint(self, x: Tensor) -> Tensor:
+        """The outputs concatenated along the last dimension."""
+        if self.w is None:
+            return torch.cat([m(x) for m in self.mods], -1)
+        return onednn.packed_linear(x.to(self.dtype), self.w, self.b)
 
 
 @dataclass
@@ -274,15 +281,17 @@ class LlamaDecoder:
         cos, sin = self.cos_SD[pos_B][:, None], self.sin_SD[pos_B][:, None]  # (B, 1, Dh)
         mask = self.mask_B11S[..., : t + 1]
         h = self.base.embed_tokens(tok_B).to(dtype)
+        nq, nk = K * G, K
         for i, w in enumerate(self.layers):
-            q, k, v = w.qkv(_rms(h, w.ln1, self.eps))
-            q = _rope(q.view(B, K * G, Dh), cos, sin).to(dtype)
-            self.k[i][:, :, t] = _rope(k.view(B, K, Dh), cos, sin)
-            self.v[i][:, :, t] = v.view(B, K, Dh)
+            # q and k get their rotary embedding in one pass (q, k, v are adjacent columns)
+            qkv = w.qkv.joint(_rms(h, w.ln1, self.eps)).to(dtype)
+            qk = _rope(qkv[:, : (nq + nk) * Dh].view(B, nq + nk, Dh), cos, sin)
+            self.k[i][:, :, t] = qk[:, nq:]
+            self.v[i][:, :, t] = qkv[:, (nq + nk) * Dh :].view(B, K, Dh)
             keys, vals = self.k[i][:, :, : t + 1], self.v[i][:, :, : t + 1]
-            scores = torch.matmul(q.view(B, K, G, Dh), keys.transpose(-1, -2)) * self.scale
+            scores = torch.matmul(qk[:, :nq].view(B, K, G, Dh), keys.transpose(-1, -2)) * self.scale
             probs = torch.softmax(scores.float() + mask, dim=-1).to(dtype)
-            a = torch.matmul(probs, vals).reshape(B, K * G * Dh)
+            a = torch.matmul(probs, vals).reshape(B, nq * Dh)
             h = h + w.o(a)[0].to(dtype)
             gate, up = w.gate_up(_rms(h, w.ln2, self.eps))
             h = h + w.down(F.silu(gate) * up)[0].to(dtype)
