@@ -130,7 +130,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="tandem", description="Post-training where SFT and RL work in tandem."
+        prog="tandem",
+        description="Post-training where SFT and RL work in tandem.",
+        epilog="train, quickstart and eval run on tcmalloc (else jemalloc) when installed: the "
+        "process re-executes itself once with the library preloaded. Set TANDEM_ALLOCATOR="
+        "auto|tcmalloc|jemalloc|system to choose (see tandem.allocator).",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
