@@ -4,6 +4,7 @@ Four calls in one process; the first includes one-time costs (first touches of t
 
     python bench/sample_phases.py                 # fp32, batch 1, 64 new tokens
     python bench/sample_phases.py --dtype bf16 --batch 16
+    python bench/sample_phases.py --profile       # then the top ops of 10 decode steps
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--profile", action="store_true", help="profile 10 decode steps at the end")
     a = ap.parse_args()
     model, tok = load_model("smollm2-135m")
     if a.dtype == "bf16":
@@ -71,6 +73,17 @@ def main() -> None:
             f"call {call}: {total * 1e3:.0f} ms = {parts} ({per_step:.1f} ms per step); "
             f"{a.batch * a.new_tokens / total:.1f} new tokens/s"
         )
+    if a.profile:
+        with torch.inference_mode():
+            dec = decoder.LlamaDecoder(model, prompts, a.new_tokens, enc.pad_id)
+            tok_B = dec.logits_BV.argmax(-1)
+            for _ in range(3):
+                tok_B = dec.step(tok_B).argmax(-1)
+            with torch.profiler.profile() as prof:
+                for _ in range(10):
+                    tok_B = dec.step(tok_B).argmax(-1)
+        print("10 decode steps (greedy), by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
