@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +63,14 @@ class SampleCopy:
     autocast training forward of the same step.
 
     Decoding is bound by reading weights, and bf16 weights halve that (decode step at batch 16:
-    130 -> 71-90 ms on SmolLM2-135M). The copy's buffers are allocated once and refreshed in
-    place (`copy_`): casting into a fresh 113 MB tensor costs 3x more (page faults, docs/LOG.md).
-    Autocast would otherwise cast every linear weight again in each training forward, so the
-    persistent copy replaces those casts rather than adding memory at the training peak.
+    130 -> 71-90 ms on SmolLM2-135M). Between uses the buffers are refreshed in place (`copy_`);
+    a training step `release`s them after its last forward pass, so each layer's copy is freed as
+    the backward pass leaves it (bf16 2x8x32 peak 3.06 -> 2.91 GB on tcmalloc), and the next
+    `refresh` allocates them again. On glibc's malloc that reallocation page-faults (casting into
+    a fresh 113 MB tensor cost 3x a `copy_`, docs/LOG.md); on tcmalloc, which the `tandem`
+    command preloads, it reuses freed memory. Autocast would otherwise cast every linear weight
+    again in each training forward, so the copy replaces those casts rather than adding memory at
+    the training peak.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -129,7 +134,12 @@ def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
 
 
 def _forward_backward(
-    st: RunState, batch, mu: float, norm_rl, norm_exp, before_last_backward=None
+    st: RunState,
+    batch,
+    mu: float,
+    norm_rl,
+    norm_exp,
+    before_last_backward: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Forward and backward over token-budget micro-batches (gradients accumulate in .grad);
     the loss terms summed over micro-batches. `before_last_backward()` runs after the last
