@@ -8,7 +8,9 @@ those of the two settings). New tokens per second including the prefill, median 
 each measurement in its own subprocess.
 
 tandem's sampler runs its static-cache Llama decoder (tandem.model.decoder): the prompts' common
-prefix (the chat template's system turn) and repeated prompts are prefilled once.
+prefix (the chat template's system turn) and repeated prompts are prefilled once. Its calls run
+inside `keep_packed(model)`, as tandem's evaluator does: the weights are packed for oneDNN once,
+not at every call (`--repack` packs them at every call, as a training step's sampling does).
 
     python bench/sampler_vs_generate.py --quick    # N=32, one repeat (~4 min)
     python bench/sampler_vs_generate.py            # N=64, three repeats
@@ -34,12 +36,12 @@ from common import (  # noqa: E402
 )
 
 
-def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
+def child(tool: str, batch: int, n: int, dtype: str, repeats: int, repack: bool) -> dict:
     import torch
 
     from tandem.encode import Encoder
     from tandem.model.load import load_model
-    from tandem.model.sampler import sample
+    from tandem.model.sampler import keep_packed, sample
     from tandem.tasks import get_task
 
     model, tok = load_model("smollm2-135m")
@@ -50,6 +52,7 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
     prompts = [enc.prompt(e) for e in exs]
     no_eos = [-1]  # an id that never occurs: every row runs to n tokens
     ctx = contextlib.nullcontext
+    keep = contextlib.nullcontext() if repack or tool != "tandem" else keep_packed(model)
 
     def run_tandem() -> int:
         with ctx():
@@ -81,12 +84,13 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int) -> dict:
         return (out.shape[1] - batch_enc["input_ids"].shape[1]) * out.shape[0]
 
     fn = run_tandem if tool == "tandem" else run_generate
-    fn()  # warm-up
     rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        new = fn()
-        rates.append(new / (time.perf_counter() - t))
+    with keep:
+        fn()  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            new = fn()
+            rates.append(new / (time.perf_counter() - t))
     return {"tokens_per_s": median(rates), "step_s": 1.0 / median(rates)}
 
 
@@ -96,24 +100,27 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--repack", action="store_true", help="tandem packs the weights at every call")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     add_allocator_args(ap)
     a = ap.parse_args()
     if a.child is not None:
-        tool, b, n, dtype, reps = a.child
-        child_print(child(tool, int(b), int(n), dtype, int(reps)))
+        tool, b, n, dtype, reps, repack = a.child
+        child_print(child(tool, int(b), int(n), dtype, int(reps), repack == "1"))
         return
     n = 32 if a.quick else 64
     reps = 1 if a.quick else 3
     print(f"machine: {machine()}")
     print(use_allocators(a))
+    print(f"tandem packs the weights {'at every call' if a.repack else 'once (keep_packed)'}")
     lines = []
     res: dict[tuple[str, str, int], dict] = {}
     dtypes = a.dtypes.split(",")
     for dtype in dtypes:
         for b in (1, 16, 64):
             for tool in ("tandem", "generate"):
-                r = run_child(Path(__file__), [tool, str(b), str(n), dtype, str(reps)])
+                args = [tool, str(b), str(n), dtype, str(reps), str(int(a.repack))]
+                r = run_child(Path(__file__), args)
                 res[tool, dtype, b] = r
                 print(
                     f"  {tool:8s} batch {b:2d} {dtype}: {r['tokens_per_s']:.1f} new tokens/s, "

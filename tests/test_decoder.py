@@ -172,3 +172,62 @@ def test_finished_rows_dropped_mid_run_give_the_same_samples():
     assert auto.finished == hf.finished == ref.finished
     for a, b in zip(auto.logprobs, ref.logprobs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_bf16_cache_and_float32_cache_agree(monkeypatch):
+    """A bf16 model's K/V cache is float32 when small and bf16 above FP32_CACHE_MAX_BYTES: the
+    two give close logits (the same bf16 keys and values; only the attention's precision
+    differs), with left padding and rows dropped mid-run."""
+    from tandem.model import decoder
+
+    model, tok = build_tiny(seed=7)
+    model = model.to(torch.bfloat16)
+    prompts = _prompts(tok)
+    small = LlamaDecoder(model, prompts, 5, tok.pad_token_id)
+    monkeypatch.setattr(decoder, "FP32_CACHE_MAX_BYTES", 0)
+    big = LlamaDecoder(model, prompts, 5, tok.pad_token_id)
+    assert small.cache_dtype == torch.float32 and big.cache_dtype == torch.bfloat16
+    a, b = small.logits_BV, big.logits_BV
+    for s in range(4):
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=2e-2)
+        nxt = a.argmax(-1)
+        if s == 1:  # drop rows 1 and 3
+            keep = torch.tensor([0, 2, 4])
+            small.keep(keep), big.keep(keep)
+            nxt = nxt[keep]
+        a, b = small.step(nxt), big.step(nxt)
+
+
+def test_keep_packed_reuses_weights_until_they_change():
+    """Inside `keep_packed`, a second call with the same weights reuses the packed copy and
+    gives the same samples as packing anew; after an in-place update (an optimizer step) the
+    weights are packed again, so the samples follow the new weights."""
+    from tandem.model import decoder, keep_packed
+
+    model, tok = build_tiny(seed=8)
+    prompts = _prompts(tok)
+    kw = dict(max_new_tokens=20, temperature=1.0, eos_token_ids=[tok.eos_token_id],
+              pad_token_id=tok.pad_token_id)  # fmt: skip
+
+    def run():
+        return sample(model, prompts, generator=torch.Generator().manual_seed(2), **kw)
+
+    fresh = run()
+    built = []
+    real = decoder._build_weights
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(decoder, "_build_weights", lambda *a: built.append(1) or real(*a))
+    try:
+        with keep_packed(model):
+            first, second = run(), run()
+            assert len(built) == 1
+            with torch.no_grad():
+                model.model.layers[0].mlp.down_proj.weight.mul_(-3.0)
+            changed = run()
+            assert len(built) == 2
+        assert decoder._KEPT.get(model, "gone") == "gone"  # released on exit
+    finally:
+        monkeypatch.undo()
+    assert fresh.completions == first.completions == second.completions
+    assert changed.completions == run().completions != fresh.completions

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from tandem.encode import Encoder
-from tandem.model.sampler import sample
+from tandem.model.sampler import keep_packed, sample
 from tandem.rewards.safe import score_batch
 from tandem.tasks.base import Example, Task
 
@@ -43,53 +43,57 @@ def evaluate(
     ctx: Callable = None,
     prefix: str = "eval",
 ) -> dict[str, float]:
-    """Return `{prefix}/accuracy`, `{prefix}/len_mean` and `{prefix}/pass@k` for each k."""
+    """Return `{prefix}/accuracy`, `{prefix}/len_mean` and `{prefix}/pass@k` for each k.
+
+    The weights are packed for the sampler once for the whole evaluation (`keep_packed`).
+    """
     if not examples:
         return {}
     model.eval()
-    out: dict[str, float] = {}
-    rewards: list[float] = []
-    lengths: list[int] = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        with ctx() if ctx else torch.no_grad():
-            res = sample(
-                model,
-                [encoder.prompt(ex) for ex in chunk],
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-                eos_token_ids=eos_token_ids,
-                pad_token_id=encoder.pad_id,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        scores, _ = score_batch(task, chunk, [encoder.decode(c) for c in res.completions])
-        rewards += [s.reward for s in scores]
-        lengths += [len(c) for c in res.completions]
-    out[f"{prefix}/accuracy"] = sum(rewards) / len(rewards)
-    out[f"{prefix}/len_mean"] = sum(lengths) / len(lengths)
-
-    if pass_k:
-        n = max(pass_samples, max(pass_k))
-        per_prompt = max(1, batch_size // n)
-        totals = {k: 0.0 for k in pass_k}
-        for i in range(0, len(examples), per_prompt):
-            chunk = examples[i : i + per_prompt]
-            rep = [ex for ex in chunk for _ in range(n)]
+    with keep_packed(model):
+        out: dict[str, float] = {}
+        rewards: list[float] = []
+        lengths: list[int] = []
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
             with ctx() if ctx else torch.no_grad():
                 res = sample(
                     model,
-                    [encoder.prompt(ex) for ex in rep],
+                    [encoder.prompt(ex) for ex in chunk],
                     max_new_tokens=max_new_tokens,
-                    temperature=temperature,
+                    temperature=0.0,
                     eos_token_ids=eos_token_ids,
                     pad_token_id=encoder.pad_id,
-                    generator=torch.Generator().manual_seed(seed + 1 + i),
+                    generator=torch.Generator().manual_seed(seed),
                 )
-            scores, _ = score_batch(task, rep, [encoder.decode(c) for c in res.completions])
-            for j in range(len(chunk)):
-                c = sum(s.reward >= 0.5 for s in scores[j * n : (j + 1) * n])
-                for k in pass_k:
-                    totals[k] += pass_at_k(n, c, k)
-        for k in pass_k:
-            out[f"{prefix}/pass@{k}"] = totals[k] / len(examples)
-    return out
+            scores, _ = score_batch(task, chunk, [encoder.decode(c) for c in res.completions])
+            rewards += [s.reward for s in scores]
+            lengths += [len(c) for c in res.completions]
+        out[f"{prefix}/accuracy"] = sum(rewards) / len(rewards)
+        out[f"{prefix}/len_mean"] = sum(lengths) / len(lengths)
+
+        if pass_k:
+            n = max(pass_samples, max(pass_k))
+            per_prompt = max(1, batch_size // n)
+            totals = {k: 0.0 for k in pass_k}
+            for i in range(0, len(examples), per_prompt):
+                chunk = examples[i : i + per_prompt]
+                rep = [ex for ex in chunk for _ in range(n)]
+                with ctx() if ctx else torch.no_grad():
+                    res = sample(
+                        model,
+                        [encoder.prompt(ex) for ex in rep],
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature,
+                        eos_token_ids=eos_token_ids,
+                        pad_token_id=encoder.pad_id,
+                        generator=torch.Generator().manual_seed(seed + 1 + i),
+                    )
+                scores, _ = score_batch(task, rep, [encoder.decode(c) for c in res.completions])
+                for j in range(len(chunk)):
+                    c = sum(s.reward >= 0.5 for s in scores[j * n : (j + 1) * n])
+                    for k in pass_k:
+                        totals[k] += pass_at_k(n, c, k)
+            for k in pass_k:
+                out[f"{prefix}/pass@{k}"] = totals[k] / len(examples)
+        return out

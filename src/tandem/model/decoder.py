@@ -24,6 +24,9 @@ tokens), L = layers, K = key/value heads, G = query heads per K/V head, Dh = hea
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,9 @@ from tandem.model import onednn
 _MODEL_TYPES = {"llama"}
 # `LlamaDecoder` packs weights for oneDNN by default from this many new tokens on.
 PACK_MIN_NEW_TOKENS = 16
+# A bfloat16 model's K/V cache is held in float32 up to this size (the attention then runs in
+# float32, 1.5-3x faster on CPU at these shapes), else in bfloat16.
+FP32_CACHE_MAX_BYTES = 256 * 2**20
 
 
 def supports(model: nn.Module) -> bool:
@@ -86,7 +92,17 @@ class _Linears:
         """The outputs concatenated along the last dimension."""
         if self.w is None:
             return torch.cat([m(x) for m in self.mods], -1)
-        return onednn.packed_linear(x.to(self.dtype), self.w, self.b)
+        return onednn.packed_linear(
+            x if x.dtype == self.dtype else x.to(self.dtype), self.w, self.b
+        )
+
+    def add_to(self, x: Tensor, res: Tensor) -> Tensor:
+        """res + (the one module)(x), in res's dtype. Packed, oneDNN adds `res` inside the
+        matmul (one rounding to bfloat16 instead of two; float32 is unchanged)."""
+        if self.w is not None and x.dtype == res.dtype == self.dtype and res.is_contiguous():
+            return onednn.packed_linear_add(x, self.w, self.b, res)
+        y = self.mods[0](x)
+        return res + (y if y.dtype == res.dtype else y.to(res.dtype))
 
 
 @dataclass
@@ -109,6 +125,83 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rot * sin
+
+
+def _rope_(x: Tensor, cos: Tensor, sin_signed: Tensor) -> None:
+    """`_rope` in place, with sin_signed = cat(-sin[:half], sin[half:]): roll(x, half) * that is
+    `_rope`'s cat(-x2, x1) * sin exactly (negation is exact), in four ops instead of seven."""
+    rot = torch.roll(x, x.shape[-1] // 2, -1).mul_(sin_signed)
+    x.mul_(cos).add_(rot)
+
+
+def _build_weights(
+    model: nn.Module, dtype: torch.dtype, rows: int, pack: bool
+) -> tuple[list[_Layer], _Linears]:
+    def lin(*mods: nn.Module) -> _Linears:
+        return _Linears(list(mods), dtype, rows, pack)
+
+    layers = []
+    for lay in model.model.layers:
+        att, mlp = lay.self_attn, lay.mlp
+        layers.append(
+            _Layer(
+                lay.input_layernorm.weight,
+                lin(att.q_proj, att.k_proj, att.v_proj),
+                lin(att.o_proj),
+                lay.post_attention_layernorm.weight,
+                lin(mlp.gate_proj, mlp.up_proj),
+                lin(mlp.down_proj),
+            )
+        )
+    return layers, lin(model.lm_head)
+
+
+@dataclass
+class _Kept:
+    key: tuple  # (activation dtype, rows)
+    stamp: tuple  # (data_ptr, version) of every parameter when packed
+    weights: tuple[list[_Layer], _Linears]
+
+
+# Models inside a `keep_packed` block -> their last packed weights (None until the first call).
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stamp(model: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def _weights(
+    model: nn.Module, dtype: torch.dtype, rows: int, pack: bool
+) -> tuple[list[_Layer], _Linears]:
+    """The decoder's weights: packed now, or the ones kept from an earlier call inside
+    `keep_packed(model)` when dtype, rows and every parameter (tensor and version) match."""
+    if not pack or model not in _KEPT:
+        return _build_weights(model, dtype, rows, pack)
+    kept, key, stamp = _KEPT[model], (dtype, rows), _stamp(model)
+    if kept is not None and kept.key == key and kept.stamp == stamp:
+        return kept.weights
+    _KEPT[model] = None  # let the old copy go before packing the new one
+    weights = _build_weights(model, dtype, rows, pack)
+    _KEPT[model] = _Kept(key, stamp, weights)
+    return weights
+
+
+@contextlib.contextmanager
+def keep_packed(model: nn.Module) -> Iterator[None]:
+    """Within the block, `sample` calls on `model` keep its packed weights from one call to the
+    next instead of packing them again (40-135 ms per call for SmolLM2-135M, docs/LOG.md), while
+    the activation dtype, the batch size and the parameters are unchanged. A parameter counts as
+    changed when it is another tensor or its version counter moved (any in-place update by an
+    optimizer, `load_state_dict` or `copy_`; writes through `.data` are not seen). The copy
+    (the size of the weights) is held until the block ends. For evaluation loops and repeated
+    sampling with fixed weights; a training step changes the weights every step, so it gains
+    nothing here."""
+    _KEPT[model] = None
+    try:
+        yield
+    finally:
+        _KEPT.pop(model, None)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -157,23 +250,7 @@ class LlamaDecoder:
         pack = max_new_tokens >= PACK_MIN_NEW_TOKENS if pack is None else pack
         rows = len(prompts)
 
-        def lin(*mods: nn.Module) -> _Linears:
-            return _Linears(list(mods), self.dtype, rows, pack)
-
-        self.layers = []
-        for lay in base.layers:
-            att, mlp = lay.self_attn, lay.mlp
-            self.layers.append(
-                _Layer(
-                    lay.input_layernorm.weight,
-                    lin(att.q_proj, att.k_proj, att.v_proj),
-                    lin(att.o_proj),
-                    lay.post_attention_layernorm.weight,
-                    lin(mlp.gate_proj, mlp.up_proj),
-                    lin(mlp.down_proj),
-                )
-            )
-        self.lm_head = lin(model.lm_head)
+        self.layers, self.lm_head = _weights(model, self.dtype, rows, pack)
         unique: dict[tuple[int, ...], int] = {}
         rows_B = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts])
         uprompts = [list(p) for p in unique]
@@ -194,12 +271,27 @@ class LlamaDecoder:
         probe = base.embed_tokens.weight[:1].to(self.dtype)
         cos, sin = base.rotary_emb(probe[None], torch.arange(self.S, device=dev)[None])
         self.cos_SD, self.sin_SD = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        half = self.head_dim // 2
+        self.sin_signed_SD = torch.cat((-self.sin_SD[:, :half], self.sin_SD[:, half:]), -1)
         # Additive attention mask over cache columns: -inf on suffix left padding, 0 elsewhere.
-        self.mask_B11S = torch.zeros(B, 1, 1, self.S, dtype=torch.float32, device=dev)
-        self.mask_B11S[:, 0, 0, C : self.P].masked_fill_(~mask_UQ[rows_B], float("-inf"))
-        shape = (B, self.n_kv, self.S, self.head_dim)
-        self.k = [torch.empty(shape, dtype=self.dtype, device=dev) for _ in self.layers]
-        self.v = [torch.empty(shape, dtype=self.dtype, device=dev) for _ in self.layers]
+        # (None when no row has padding: the decode step then skips the add.)
+        self.mask_B11S: Tensor | None = None
+        if not bool(mask_UQ.all()):
+            self.mask_B11S = torch.zeros(B, 1, 1, self.S, dtype=self.dtype, device=dev)
+            self.mask_B11S[:, 0, 0, C : self.P].masked_fill_(~mask_UQ[rows_B], float("-inf"))
+        # The cache: keys stored transposed, (B, K, Dh, S), values (B, K, S, Dh), so both
+        # attention products of a decode step read their operand in the layout the batched
+        # matmul wants. Held in float32 when that fits in FP32_CACHE_MAX_BYTES (always, for
+        # float32 models): CPU bfloat16 batched matmuls of these small shapes are 1.5-3x slower
+        # than float32 ones (docs/LOG.md).
+        K, Dh = self.n_kv, self.head_dim
+        fp32_bytes = 2 * len(self.layers) * B * K * self.S * Dh * 4
+        self.cache_dtype = torch.float32 if fp32_bytes <= FP32_CACHE_MAX_BYTES else self.dtype
+        if self.dtype == torch.float32:
+            self.cache_dtype = torch.float32
+        cd = self.cache_dtype
+        self.kt = [torch.empty(B, K, Dh, self.S, dtype=cd, device=dev) for _ in self.layers]
+        self.v = [torch.empty(B, K, self.S, Dh, dtype=cd, device=dev) for _ in self.layers]
         if C > 0:
             pos = torch.arange(C, device=dev)[None]
             self._prefill(torch.tensor([uprompts[0][:C]], device=dev), None, pos, None, C=0)
@@ -244,16 +336,17 @@ class LlamaDecoder:
             q = _rope(q.view(U, Q, K * G, Dh).transpose(1, 2), cos, sin).to(dtype)
             k = _rope(k.view(U, Q, K, Dh).transpose(1, 2), cos, sin).to(dtype)
             v = v.view(U, Q, K, Dh).transpose(1, 2).to(dtype)
-            kc, vc = self.k[i], self.v[i]
+            kc, vc = self.kt[i], self.v[i]
             if rows_B is None:
-                kc[:, :, C : C + Q] = k
+                kc[..., C : C + Q] = k.transpose(-1, -2)
                 vc[:, :, C : C + Q] = v
             else:
-                kc[:, :, C : C + Q] = k[rows_B]
+                kc[..., C : C + Q] = k[rows_B].transpose(-1, -2)
                 vc[:, :, C : C + Q] = v[rows_B]
             if C > 0:  # prefix columns are equal in every row: take them from row 0
-                k = torch.cat((kc[:1, :, :C].expand(U, -1, -1, -1), k), dim=2)
-                v = torch.cat((vc[:1, :, :C].expand(U, -1, -1, -1), v), dim=2)
+                kp = kc[:1, ..., :C].transpose(-1, -2).to(dtype).expand(U, -1, -1, -1)
+                vp = vc[:1, :, :C].to(dtype).expand(U, -1, -1, -1)
+                k, v = torch.cat((kp, k), dim=2), torch.cat((vp, v), dim=2)
             a = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allow_U1QX, scale=self.scale, enable_gqa=True
             )
@@ -265,10 +358,11 @@ class LlamaDecoder:
     def keep(self, rows: Tensor) -> None:
         """Keep only these rows (indices into the current batch) from now on: finished rows
         stop costing compute. Copies the kept rows' cache."""
-        self.k = [k.index_select(0, rows) for k in self.k]
+        self.kt = [k.index_select(0, rows) for k in self.kt]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.len_B = self.len_B[rows]
-        self.mask_B11S = self.mask_B11S[rows]
+        if self.mask_B11S is not None:
+            self.mask_B11S = self.mask_B11S[rows]
 
     def step(self, tok_B: Tensor) -> Tensor:
         """Append one token per row (at the next cache column); next logits (B, V)."""
@@ -277,23 +371,35 @@ class LlamaDecoder:
             raise RuntimeError(f"cache full: {self.S} columns")
         B = tok_B.shape[0]
         K, G, Dh, dtype = self.n_kv, self.n_heads // self.n_kv, self.head_dim, self.dtype
-        pos_B = self.len_B + (t - self.P)
-        cos, sin = self.cos_SD[pos_B][:, None], self.sin_SD[pos_B][:, None]  # (B, 1, Dh)
-        mask = self.mask_B11S[..., : t + 1]
-        h = self.base.embed_tokens(tok_B).to(dtype)
         nq, nk = K * G, K
-        for i, w in enumerate(self.layers):
-            # q and k get their rotary embedding in one pass (q, k, v are adjacent columns)
-            qkv = w.qkv.joint(_rms(h, w.ln1, self.eps)).to(dtype)
-            qk = _rope(qkv[:, : (nq + nk) * Dh].view(B, nq + nk, Dh), cos, sin)
-            self.k[i][:, :, t] = qk[:, nq:]
-            self.v[i][:, :, t] = qkv[:, (nq + nk) * Dh :].view(B, K, Dh)
-            keys, vals = self.k[i][:, :, : t + 1], self.v[i][:, :, : t + 1]
-            scores = torch.matmul(qk[:, :nq].view(B, K, G, Dh), keys.transpose(-1, -2)) * self.scale
-            probs = torch.softmax(scores.float() + mask, dim=-1).to(dtype)
-            a = torch.matmul(probs, vals).reshape(B, nq * Dh)
-            h = h + w.o(a)[0].to(dtype)
+        pos_B = self.len_B + (t - self.P)
+        cos = self.cos_SD.index_select(0, pos_B)[:, None]  # (B, 1, Dh)
+        sin = self.sin_signed_SD.index_select(0, pos_B)[:, None]
+        mask = None if self.mask_B11S is None else self.mask_B11S[..., : t + 1]
+        h = self.base.embed_tokens(tok_B)
+        if h.dtype != dtype:
+            h = h.to(dtype)
+        cd = self.cache_dtype
+        for w, kt, v in zip(self.layers, self.kt, self.v):
+            qkv = w.qkv.joint(_rms(h, w.ln1, self.eps))
+            if qkv.dtype != dtype:
+                qkv = qkv.to(dtype)
+            qkv = qkv.view(B, nq + 2 * nk, Dh)
+            # q and k get their rotary embedding in place, in one pass (adjacent heads)
+            _rope_(qkv[:, : nq + nk], cos, sin)
+            kt.select(3, t).copy_(qkv[:, nq : nq + nk])
+            v.select(2, t).copy_(qkv[:, nq + nk :])
+            q = qkv[:, :nq].view(B, K, G, Dh)
+            scores = torch.matmul(q if q.dtype == cd else q.to(cd), kt.narrow(3, 0, t + 1))
+            scores.mul_(self.scale)
+            if mask is not None:
+                scores.add_(mask)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+            a = torch.matmul(probs if cd == torch.float32 else probs.to(cd), v.narrow(2, 0, t + 1))
+            if a.dtype != dtype:
+                a = a.to(dtype)
+            h = w.o.add_to(a.view(B, nq * Dh), h)
             gate, up = w.gate_up(_rms(h, w.ln2, self.eps))
-            h = h + w.down(F.silu(gate) * up)[0].to(dtype)
+            h = w.down.add_to(F.silu(gate).mul_(up), h)
         self.t = t + 1
         return self._head(h)

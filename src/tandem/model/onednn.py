@@ -124,6 +124,12 @@ def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tens
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def packed_linear_add(x: Tensor, packed: Tensor, bias: Tensor | None, res: Tensor) -> Tensor:
+    """res + x @ W.T + b in one oneDNN call (a post-op sum; x, res in the weight's dtype, res
+    contiguous with the output's shape)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, res, packed, bias, "add")
+
+
 def _forward(m: nn.Linear):
     return lambda x: linear(x, m.weight, m.bias)
 

@@ -18,7 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from tandem.model import decoder
+from tandem.model.decoder import keep_packed
 from tandem.model.onednn import onednn_linears
+
+__all__ = ["SampleOutput", "keep_packed", "sample", "sample_reference"]
 
 
 @dataclass
@@ -164,7 +167,9 @@ def sample(
 
     pack (decoder engine only): pack the linear weights for oneDNN once for this call, which
     holds a copy of them while sampling (`tandem.model.decoder`); None packs from
-    `decoder.PACK_MIN_NEW_TOKENS` new tokens on. False saves that memory at some speed.
+    `decoder.PACK_MIN_NEW_TOKENS` new tokens on. False saves that memory at some speed. Inside
+    `with keep_packed(model):` the packed weights are kept from one call to the next while the
+    weights are unchanged (evaluation loops).
     """
     _check_args(prompts, max_new_tokens, temperature, top_p)
     if engine not in ("auto", "hf"):
