@@ -58,12 +58,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def run_child(script: Path, args: list[str], timeout: int = 3600) -> dict:
-    """Run `python script --child ARGS` (ARGS[0] the tool) on that side's allocator and parse
-    the last stdout line as JSON."""
+def run_child(script: Path, args: list[str], timeout: int = 3600, side: str | None = None) -> dict:
+    """Run `python script --child ARGS` (ARGS[0] the tool) on that side's allocator (`side`:
+    "tandem" or "peer", by default from ARGS[0]) and parse the last stdout line as JSON."""
     from tandem import allocator
 
-    side = "tandem" if args[0] == "tandem" else "peer"
+    side = side or ("tandem" if args[0] == "tandem" else "peer")
     env = allocator.preload_env(ALLOCATORS[side])
     env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
     proc = subprocess.run(

@@ -5,15 +5,17 @@ tokens (EOS is disabled for both, so both produce exactly N tokens per row), bat
 Settings: fp32 (both on the fp32 model) and bf16 (both on the model cast to bf16 weights), plus
 `best` = tandem in bf16 against `generate` in fp32, its default (no extra runs: the numbers are
 those of the two settings). New tokens per second including the prefill, median over repeats;
-each measurement in its own subprocess.
+the speed of both tools is measured in one process, in alternating calls (the speedup is the
+median of the per-round ratios, so this VM's drift from one process to the next cancels), and
+each tool's peak RSS in its own process.
 
 tandem's sampler runs its static-cache Llama decoder (tandem.model.decoder): the prompts' common
 prefix (the chat template's system turn) and repeated prompts are prefilled once. Its calls run
 inside `keep_packed(model)`, as tandem's evaluator does: the weights are packed for oneDNN once,
 not at every call (`--repack` packs them at every call, as a training step's sampling does).
 
-    python bench/sampler_vs_generate.py --quick    # N=32, one repeat (~4 min)
-    python bench/sampler_vs_generate.py            # N=64, three repeats
+    python bench/sampler_vs_generate.py --quick    # N=32, two rounds
+    python bench/sampler_vs_generate.py            # N=64, five rounds
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from common import (  # noqa: E402
     child_print,
     machine,
     median,
-    result_line,
     run_child,
     use_allocators,
 )
@@ -52,7 +53,7 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int, repack: bool)
     prompts = [enc.prompt(e) for e in exs]
     no_eos = [-1]  # an id that never occurs: every row runs to n tokens
     ctx = contextlib.nullcontext
-    keep = contextlib.nullcontext() if repack or tool != "tandem" else keep_packed(model)
+    keep = contextlib.nullcontext() if repack or tool == "generate" else keep_packed(model)
 
     def run_tandem() -> int:
         with ctx():
@@ -83,15 +84,25 @@ def child(tool: str, batch: int, n: int, dtype: str, repeats: int, repack: bool)
             )
         return (out.shape[1] - batch_enc["input_ids"].shape[1]) * out.shape[0]
 
-    fn = run_tandem if tool == "tandem" else run_generate
-    rates = []
+    fns = {"tandem": run_tandem, "generate": run_generate}
+    tools = ["tandem", "generate"] if tool == "pair" else [tool]
+    rates: dict[str, list[float]] = {t: [] for t in tools}
     with keep:
-        fn()  # warm-up
-        for _ in range(repeats):
-            t = time.perf_counter()
-            new = fn()
-            rates.append(new / (time.perf_counter() - t))
-    return {"tokens_per_s": median(rates), "step_s": 1.0 / median(rates)}
+        for t in tools:
+            fns[t]()  # warm-up
+        for r in range(repeats):
+            for t in tools if r % 2 == 0 else tools[::-1]:  # alternate who goes first
+                t0 = time.perf_counter()
+                new = fns[t]()
+                rates[t].append(new / (time.perf_counter() - t0))
+    if tool != "pair":
+        return {}  # a memory run: only its peak RSS counts
+    ratios = [a / b for a, b in zip(rates["tandem"], rates["generate"])]
+    return {
+        "tandem_tps": median(rates["tandem"]),
+        "generate_tps": median(rates["generate"]),
+        "speedup": median(ratios),
+    }
 
 
 def main() -> None:
@@ -109,35 +120,50 @@ def main() -> None:
         child_print(child(tool, int(b), int(n), dtype, int(reps), repack == "1"))
         return
     n = 32 if a.quick else 64
-    reps = 1 if a.quick else 3
+    reps = 2 if a.quick else 5
     print(f"machine: {machine()}")
     print(use_allocators(a))
     print(f"tandem packs the weights {'at every call' if a.repack else 'once (keep_packed)'}")
-    lines = []
-    res: dict[tuple[str, str, int], dict] = {}
+    print(
+        f"speed: both tools in one process on tandem's allocator, {reps} alternating rounds after "
+        "a warm-up; peak RSS: one call per tool in its own process, on its own allocator"
+    )
+    res: dict[tuple[str, int], dict] = {}
     dtypes = a.dtypes.split(",")
+    script = Path(__file__)
     for dtype in dtypes:
         for b in (1, 16, 64):
+            rest = [str(b), str(n), dtype]
+            r = run_child(script, ["pair", *rest, str(reps), str(int(a.repack))], side="tandem")
             for tool in ("tandem", "generate"):
-                args = [tool, str(b), str(n), dtype, str(reps), str(int(a.repack))]
-                r = run_child(Path(__file__), args)
-                res[tool, dtype, b] = r
-                print(
-                    f"  {tool:8s} batch {b:2d} {dtype}: {r['tokens_per_s']:.1f} new tokens/s, "
-                    f"peak {r['peak_rss_gb']:.2f} GB ({r['malloc']})",
-                    flush=True,
-                )
-    pairs = [(d, d, d) for d in dtypes]
-    if {"fp32", "bf16"} <= set(dtypes):
-        pairs.append(("best", "bf16", "fp32"))
-    for name, td, gd in pairs:
-        for b in (1, 16, 64):
-            t, g = res["tandem", td, b], res["generate", gd, b]
-            setting = f"sample_b{b}_n{n}_{name}"
-            lines.append(
-                result_line(setting, t["step_s"], g["step_s"], t["peak_rss_gb"], g["peak_rss_gb"])
+                m = run_child(script, [tool, *rest, "0", str(int(a.repack))])
+                r[f"{tool}_gb"], r[f"{tool}_malloc"] = m["peak_rss_gb"], m["malloc"]
+            res[dtype, b] = r
+            print(
+                f"  batch {b:2d} {dtype}: tandem {r['tandem_tps']:.1f}, generate "
+                f"{r['generate_tps']:.1f} new tokens/s (speedup {r['speedup']:.2f}); peak "
+                f"{r['tandem_gb']:.2f} GB ({r['tandem_malloc']}) / {r['generate_gb']:.2f} GB "
+                f"({r['generate_malloc']})",
+                flush=True,
             )
+    lines = []
+    for dtype in dtypes:
+        for b in (1, 16, 64):
+            r = res[dtype, b]
+            lines.append(_line(f"sample_b{b}_n{n}_{dtype}", r["speedup"], r, r))
+    if {"fp32", "bf16"} <= set(dtypes):  # tandem bf16 vs generate fp32: across the two runs
+        for b in (1, 16, 64):
+            t, g = res["bf16", b], res["fp32", b]
+            lines.append(_line(f"sample_b{b}_n{n}_best", t["tandem_tps"] / g["generate_tps"], t, g))
     print("\n".join(lines))
+
+
+def _line(setting: str, speedup: float, t: dict, g: dict) -> str:
+    return (
+        f"RESULT {setting} speedup={speedup:.2f} mem_ratio={t['tandem_gb'] / g['generate_gb']:.2f} "
+        f"(tandem {t['tandem_tps']:.1f} tokens/s, {t['tandem_gb']:.2f} GB; "
+        f"peer {g['generate_tps']:.1f} tokens/s, {g['generate_gb']:.2f} GB)"
+    )
 
 
 if __name__ == "__main__":
