@@ -220,8 +220,10 @@ def test_keep_packed_reuses_weights_until_they_change():
     monkeypatch.setattr(decoder, "_build_weights", lambda *a: built.append(1) or real(*a))
     try:
         with keep_packed(model):
-            first, second = run(), run()
-            assert len(built) == 1
+            first = run()
+            with keep_packed(model):  # nested: shares the outer copy, leaves it on exit
+                second = run()
+            assert len(built) == 1 and decoder._KEPT[model] is not None
             with torch.no_grad():
                 model.model.layers[0].mlp.down_proj.weight.mul_(-3.0)
             changed = run()

@@ -15,8 +15,11 @@ module computes cos/sin, so every rope scaling type it knows is handled), `model
 norms, sliding windows, other activations) keeps using the transformers forward.
 
 Numerics follow transformers' eager Llama path: RMSNorm in float32 cast back to the activation
-dtype before the weight, attention softmax in float32. Tests compare logits and sampled tokens
-with the transformers forward (`tests/test_decoder.py`).
+dtype before the weight, attention softmax in float32. Two departures in the decode step, both
+at most one rounding of the activation dtype: the residual adds are fused into the o/down
+matmuls (bf16 rounds once instead of twice; float32 is unchanged), and a bf16 model's attention
+runs in float32 over a float32 cache while that cache is small (`FP32_CACHE_MAX_BYTES`).
+Tests compare logits and sampled tokens with the transformers forward (`tests/test_decoder.py`).
 
 Shapes: B = rows, U = distinct prompts, P = padded prompt length, S = cache length (P + new
 tokens), L = layers, K = key/value heads, G = query heads per K/V head, Dh = head dim, D = hidden.
@@ -196,7 +199,10 @@ def keep_packed(model: nn.Module) -> Iterator[None]:
     optimizer, `load_state_dict` or `copy_`; writes through `.data` are not seen). The copy
     (the size of the weights) is held until the block ends. For evaluation loops and repeated
     sampling with fixed weights; a training step changes the weights every step, so it gains
-    nothing here."""
+    nothing here. Nested blocks on the same model share the outer block's copy."""
+    if model in _KEPT:
+        yield
+        return
     _KEPT[model] = None
     try:
         yield
