@@ -3,11 +3,12 @@
 Same prompts (two-digit addition in chat form), temperature 1, top-p 1, a fixed number of new
 tokens (EOS is disabled for both, so both produce exactly N tokens per row), batch 1, 16 and 64.
 Settings: fp32 (both on the fp32 model) and bf16 (both on the model cast to bf16 weights), plus
-`best` = tandem in bf16 against `generate` in fp32, its default (no extra runs: the numbers are
-those of the two settings). New tokens per second including the prefill, median over repeats;
+`best` = tandem in bf16 against `generate` in fp32, its default (no extra runs: the rates of the
+two settings, so it compares two processes and is rough). New tokens per second including the prefill, median over repeats;
 the speed of both tools is measured in one process, in alternating calls (the speedup is the
 median of the per-round ratios, so this VM's drift from one process to the next cancels), and
-each tool's peak RSS in its own process.
+each tool's peak RSS in its own process. The paired speed runs use tandem's allocator for both
+tools; `--peer-allocator` applies to the peer's memory run.
 
 tandem's sampler runs its static-cache Llama decoder (tandem.model.decoder): the prompts' common
 prefix (the chat template's system turn) and repeated prompts are prefilled once. Its calls run
