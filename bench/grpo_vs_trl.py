@@ -76,7 +76,7 @@ def child_tandem(
     cfg = tandem_grpo_config(p, g, n, dtype)
     st = build_state(cfg, log=lambda s: None)
     if fixed_len:
-        st.eos_ids = [-1]  # an id that never occurs: every completion runs to n tokens
+        st.backend.eos_ids = [-1]  # an id that never occurs: every completion runs to n tokens
     ms: list[dict] = []
     k = [0]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import tandem.train.backend as backend_mod
 import tandem.train.step as step_mod
 from tandem.train.loop import build_state
 
@@ -100,9 +101,9 @@ def main() -> None:
 
         return run
 
-    step_mod.sample = labelled(step_mod.sample, "sample")
-    step_mod.shared_prompt_logprobs = labelled(step_mod.shared_prompt_logprobs, "forward")
-    step_mod.token_logprobs = labelled(step_mod.token_logprobs, "forward")
+    backend_mod.sample = labelled(backend_mod.sample, "sample")
+    backend_mod.shared_prompt_logprobs = labelled(backend_mod.shared_prompt_logprobs, "forward")
+    backend_mod.token_logprobs = labelled(backend_mod.token_logprobs, "forward")
     torch.Tensor.backward = labelled(torch.Tensor.backward, "backward")
     st.optimizer.step = labelled(st.optimizer.step, "optimizer")
     for k in range(4):

@@ -61,5 +61,7 @@ def train_accuracy(model_dir: Path | str, n: int = 64) -> float:
 
     st = build_state(tiny_config(Path("unused"), f"model.name={model_dir}"))
     exs = st.task.examples("train", n, seed=0)
-    out = evaluate(st.model, st.encoder, st.task, exs, max_new_tokens=4, eos_token_ids=st.eos_ids)
+    out = evaluate(
+        st.model, st.encoder, st.task, exs, max_new_tokens=4, eos_token_ids=st.backend.eos_ids
+    )
     return out["eval/accuracy"]

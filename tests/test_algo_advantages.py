@@ -7,13 +7,18 @@ import torch
 
 from tandem.algo.advantages import (
     ADVANTAGES,
+    AdvantageInputs,
     dr_grpo,
     equal_reward_groups,
-    get_advantage,
+    estimate,
     grpo,
     rloo,
+    token_rewards,
 )
+from tandem.algo.value import gae, masked_whiten
 from tandem.errors import ConfigError
+
+OUTCOME = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo}
 
 TOL = 1e-6
 F64 = torch.float64
@@ -78,12 +83,12 @@ def _reference(rewards, groups, name, eps=1e-6):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+@pytest.mark.parametrize("name", sorted(OUTCOME))
 def test_vectorized_matches_loop(name):
     g = torch.Generator().manual_seed(1)
     groups = torch.randint(0, 9, (40,), generator=g) * 11  # sparse ids, random group sizes
     rewards = torch.randn(40, dtype=F64, generator=g)
-    got = ADVANTAGES[name](rewards, groups, eps=1e-6)
+    got = OUTCOME[name](rewards, groups, eps=1e-6)
     torch.testing.assert_close(got, _reference(rewards, groups, name), atol=1e-10, rtol=0)
 
 
@@ -98,7 +103,82 @@ def test_equal_reward_groups():
 
 
 def test_integer_rewards_and_registry():
-    adv = get_advantage("dr_grpo")(torch.tensor([1, 0]), torch.tensor([0, 0]))
+    adv = dr_grpo(torch.tensor([1, 0]), torch.tensor([0, 0]))
     assert adv.is_floating_point() and adv.tolist() == [0.5, -0.5]
+    assert set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "gae"}
     with pytest.raises(ConfigError, match="rloo"):
-        get_advantage("gae")
+        ADVANTAGES.get("reinforce")
+
+
+def test_outcome_estimator_broadcasts_over_scored_rows():
+    # Rows 0-1: one group, rewards 1 and 0 → dr_grpo ±0.5 on their trained tokens; row 2 is not
+    # scored (NaN: a demonstration of another term) → 0.
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.float32)
+    x = AdvantageInputs(
+        reward_B=torch.tensor([1.0, 0.0, math.nan]), group_B=torch.tensor([0, 0, -1]), mask_BT=mask
+    )
+    out = estimate(ADVANTAGES.spec("dr_grpo")(), x)
+    assert out.adv_BT.tolist() == [[0.0, 0.5, 0.5], [0.0, -0.5, 0.0], [0.0, 0.0, 0.0]]
+    assert out.returns_BT is None
+
+
+def test_gae_by_hand():
+    # One row, three response tokens (mask [0, 1, 1, 1]); reward 1 on the last token; values
+    # V = [., 0.5, 0.4, 0.2]; γ = 0.9, λ = 0.8.
+    #   t=3: δ = 1 + 0.9·0 − 0.2 = 0.8;            A3 = 0.8
+    #   t=2: δ = 0 + 0.9·0.2 − 0.4 = −0.22;        A2 = −0.22 + 0.72·0.8 = 0.356
+    #   t=1: δ = 0 + 0.9·0.4 − 0.5 = −0.14;        A1 = −0.14 + 0.72·0.356 = 0.11632
+    #   returns R = A + V = [0.61632, 0.756, 1.0]
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=F64)
+    r = token_rewards(torch.tensor([1.0]), mask).double()
+    assert r.tolist() == [[0.0, 0.0, 0.0, 1.0]]
+    v = torch.tensor([[9.0, 0.5, 0.4, 0.2]], dtype=F64)
+    adv, ret = gae(r, v, mask, gamma=0.9, lam=0.8)
+    torch.testing.assert_close(
+        adv, torch.tensor([[0.0, 0.11632, 0.356, 0.8]], dtype=F64), atol=TOL, rtol=0
+    )
+    torch.testing.assert_close(
+        ret, torch.tensor([[0.0, 0.61632, 0.756, 1.0]], dtype=F64), atol=TOL, rtol=0
+    )
+
+
+def test_gae_skips_tool_tokens():
+    # A tool's output (mask 0) between two sampled spans does not break the recursion: the
+    # token after the gap is the "next" one. Mask [1, 0, 1], V = [0.3, 7, 0.6], reward 1 at t=2,
+    # γ = λ = 1: A2 = 1 − 0.6 = 0.4; A0 = (0 + 0.6 − 0.3) + 0.4 = 0.7; R = [1.0, 0, 1.0].
+    mask = torch.tensor([[1.0, 0.0, 1.0]], dtype=F64)
+    r = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)
+    adv, ret = gae(r, torch.tensor([[0.3, 7.0, 0.6]], dtype=F64), mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.7, 0.0, 0.4]], dtype=F64), atol=TOL, rtol=0)
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 0.0, 1.0]], dtype=F64), atol=TOL, rtol=0)
+
+
+def test_masked_whiten_and_gae_estimator():
+    # whiten [1, 2, 3] (mask) → mean 2, unbiased var 1 → [−1, 0, 1]; masked-out entries 0.
+    x = torch.tensor([[1.0, 2.0, 99.0, 3.0]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]], dtype=F64)
+    torch.testing.assert_close(
+        masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 0.0, 1.0]], dtype=F64), atol=1e-6, rtol=0
+    )
+    # The estimator with a KL penalty in the reward: two rows of two tokens, V = 0, γ = λ = 1,
+    # β = 0.5, k1 = old − ref = 0.2 on every token, rewards [1, 0]:
+    #   row 0: r = [−0.1, 0.9] → A = [0.8, 0.9];  row 1: r = [−0.1, −0.1] → A = [−0.2, −0.1]
+    #   whitened over the 4 values: mean 0.35, unbiased var = (0.2025+0.3025+0.3025+0.2025)/3
+    #   = 0.336667, std 0.580230 → [0.775549, 0.947893, −0.947893, −0.775549]
+    m = torch.ones(2, 2)
+    x = AdvantageInputs(
+        reward_B=torch.tensor([1.0, 0.0]),
+        group_B=torch.tensor([-1, -1]),
+        mask_BT=m,
+        values_BT=torch.zeros(2, 2),
+        old_logp_BT=torch.full((2, 2), -1.0),
+        ref_logp_BT=torch.full((2, 2), -1.2),
+    )
+    spec = ADVANTAGES.spec("gae")(kl_coef=0.5, lam=1.0)
+    assert spec.extra_needs() == {"old_logp", "ref_logp"}
+    out = estimate(spec, x)
+    want = torch.tensor([[0.775549, 0.947893], [-0.947893, -0.775549]])
+    torch.testing.assert_close(out.adv_BT, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.returns_BT, torch.tensor([[0.8, 0.9], [-0.2, -0.1]]), atol=1e-6, rtol=0
+    )

@@ -1,12 +1,16 @@
 """tandem.algo.controllers: schedule values at hand-picked steps, state round-trips, registry."""
 
+import math
+import random
+
 import pytest
 
 from tandem.algo.controllers import (
     CONTROLLERS,
+    AdaptiveKl,
     Constant,
-    Controller,
-    StageSwitch,
+    Cosine,
+    Sasr,
     WarmupCosine,
     build_controller,
 )
@@ -57,50 +61,97 @@ def test_warmup_cosine_edge_cases():
         WarmupCosine(1.0, 0.0, -1, 10)
 
 
-def test_stage_switch():
-    s = StageSwitch(switch_step=5, before=1.0, after=0.0)
-    assert [s.value(k) for k in (0, 4, 5, 9)] == [1.0, 1.0, 0.0, 0.0]
-    s.update(4, {})
-    assert s.switched_at is None and not s.switched
-    s.update(6, {})  # first step at or after switch_step that ran
-    s.update(7, {})
-    assert s.switched_at == 6 and s.switched
+def test_cosine_schedule():
+    # Prefix-RFT's lower prefix bound, 0.95 -> 0.05 over N = 100 steps:
+    #   k = 0: 0.05 + ½(1 + cos 0)·0.9 = 0.95;  k = 50: 0.05 + ½·0.9 = 0.5;
+    #   k = 25: ½(1 + cos(π/4)) = 0.853553 → 0.05 + 0.768198 = 0.818198;  k ≥ 100: 0.05.
+    c = Cosine(start=0.95, end=0.05, steps=100)
+    for k, want in ((0, 0.95), (25, 0.818198), (50, 0.5), (100, 0.05), (500, 0.05)):
+        assert abs(c.value(k) - want) < TOL
+
+
+def test_adaptive_kl():
+    # β = 0.1, target 0.01, horizon 10, n_steps 2: KL 0.02 → e = clip(1, ±0.2) = 0.2 →
+    # β = 0.1·(1 + 0.2·2/10) = 0.104; KL 0.009 → e = −0.1 → β = 0.104·(1 − 0.02) = 0.10192.
+    c = AdaptiveKl(init=0.1, target=0.01, horizon=10, stat="loss/kl", n_steps=2)
+    c.update(0, {"loss/kl": 0.02})
+    assert abs(c.value(1) - 0.104) < TOL
+    c.update(1, {"loss/kl": 0.009})
+    assert abs(c.value(2) - 0.10192) < TOL
+    c.update(2, {})  # the step logged no KL: unchanged
+    assert abs(c.value(3) - 0.10192) < TOL
+
+
+def test_sasr_rule_and_switch_counts():
+    # Warm-up of 2 SFT steps; G_0 = the SFT gradient norm at step 1 = 4.0; γ = 1.
+    s = Sasr(warmup_steps=2, gamma=1.0, sft_term="sft", seed=0)
+    assert s.wants_grad_norms == ("sft",)
+    assert s.value(0) == 1.0 and s.value(1) == 1.0
+    s.update(0, {"grad_norm/sft": 9.0})
+    s.update(1, {"grad_norm/sft": 4.0})
+    assert s.g0 == 4.0 and s.g_last == 4.0
+    # p = G / (G + γ·G_0) = 4 / 8 = 0.5; the draw at step k is Random("sasr:0:k").random().
+    assert abs(s.metrics()["p_sft"] - 0.5) < TOL
+    u = random.Random("sasr:0:2").random()
+    assert s.value(2) == (1.0 if u < 0.5 else 0.0)
+    # An SFT step with a smaller gradient lowers p: G = 1 → p = 1/5 = 0.2.
+    k = next(k for k in range(2, 200) if s.value(k) == 1.0)
+    s.update(k, {"grad_norm/sft": 1.0})
+    assert abs(s.metrics()["p_sft"] - 0.2) < TOL
+    # Switch counts follow the realized sequence of values.
+    t = Sasr(warmup_steps=1, gamma=1.0, sft_term="sft", seed=3)
+    t.update(0, {"grad_norm/sft": 2.0})
+    seq = [1.0]
+    for k in range(1, 40):
+        seq.append(t.value(k))
+        t.update(k, {"grad_norm/sft": 2.0} if seq[-1] == 1.0 else {})
+    to_rl = sum(a == 1.0 and b == 0.0 for a, b in zip(seq, seq[1:]))
+    to_sft = sum(a == 0.0 and b == 1.0 for a, b in zip(seq, seq[1:]))
+    assert t.metrics()["switches_to_rl"] == to_rl > 0
+    assert t.metrics()["switches_to_sft"] == to_sft > 0
+
+
+def _spec(kind, **kw):
+    return CONTROLLERS.spec(kind)(**kw)
 
 
 @pytest.mark.parametrize(
-    "controller",
-    [Constant(0.3), WarmupCosine(0.5, 0.02, 200, 400), StageSwitch(5, 1.0, 0.0)],
+    "spec",
+    [
+        _spec("constant", value=0.3),
+        _spec("warmup_cosine", peak=0.5, valley=0.02, warmup_steps=200, decay_steps=400),
+        _spec("cosine", start=0.9, end=0.1, steps=50),
+        _spec("adaptive_kl"),
+        _spec("sasr", warmup_steps=2),
+    ],
 )
-def test_state_dict_round_trip(controller):
-    controller.update(7, {})
+def test_state_dict_round_trip(spec):
+    controller = build_controller(spec, seed=5)
+    for k in range(6):
+        controller.update(k, {"loss/kl": 0.05, "grad_norm/sft": 1.0 + k})
     state = controller.state_dict()
-    fresh = build_controller(state["kind"], **_params_of(state))
+    fresh = build_controller(spec, seed=5)
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
     assert all(fresh.value(k) == controller.value(k) for k in (0, 5, 150, 300, 700))
-    assert isinstance(fresh, Controller)
-
-
-def _params_of(state):
-    """Different parameters than the state's, to check load_state_dict restores them."""
-    return {
-        "constant": {"value": 0.0},
-        "warmup_cosine": {"peak": 1.0, "valley": 0.0, "warmup_steps": 1, "decay_steps": 1},
-        "stage": {"switch_step": 0, "before": 0.0, "after": 0.0},
-    }[state["kind"]]
 
 
 def test_load_state_dict_wrong_kind():
     with pytest.raises(ValueError, match="constant"):
-        StageSwitch(1, 0.0, 1.0).load_state_dict(Constant(1.0).state_dict())
+        WarmupCosine(1.0, 0.0, 1, 1).load_state_dict(Constant(1.0).state_dict())
 
 
-def test_build_controller_errors():
-    assert set(CONTROLLERS) == {"constant", "warmup_cosine", "stage"}
-    assert isinstance(build_controller("stage", switch_step=3, before=0.0, after=1.0), StageSwitch)
+def test_registry_and_seed():
+    assert set(CONTROLLERS.names()) == {
+        "constant",
+        "warmup_cosine",
+        "cosine",
+        "adaptive_kl",
+        "sasr",
+    }
     with pytest.raises(ConfigError, match="warmup_cosine"):
-        build_controller("cosine", peak=1.0)
-    with pytest.raises(ConfigError, match="horizon"):
-        build_controller("constant", value=1.0, horizon=3)
-    with pytest.raises(ConfigError, match="decay_steps"):
-        build_controller("warmup_cosine", peak=1.0, valley=0.0, warmup_steps=3)
+        CONTROLLERS.get("linear")
+    # a spec's null seed takes the run's
+    assert build_controller(_spec("sasr"), seed=7).seed == 7
+    assert build_controller(_spec("sasr", seed=2), seed=7).seed == 2
+    assert math.isfinite(build_controller(_spec("adaptive_kl")).value(0))

@@ -1,23 +1,21 @@
-"""Hand-computed checks of the per-token terms in tandem.algo.terms (float64, tol 1e-6)."""
+"""Hand-computed checks of the per-token terms in tandem.algo.terms and of the term registry's
+adapters (tandem.algo.objective), float64, tol 1e-6."""
 
 import pytest
 import torch
 
+from tandem.algo.objective import TERMS, TokenInputs, params_of
 from tandem.algo.terms import (
-    EXPERT_TERMS,
-    PG_TERMS,
     chord_phi_nll,
     clipped_pg,
     dft_nll,
-    get_expert_term,
-    get_pg_term,
     kl_penalty,
     nll,
-    pg_stats,
     shaped_pg,
     unclipped_pg,
 )
 from tandem.errors import ConfigError
+from tandem.experience import ROLE_ID
 
 TOL = 1e-6
 F64 = torch.float64
@@ -89,14 +87,56 @@ def test_unclipped_pg():
     torch.testing.assert_close(logp.grad, t([-1.349859, 7.389056]), atol=TOL, rtol=0)
 
 
-def test_pg_registry_same_signature():
+def _term(kind, **settings):
+    spec = TERMS.spec(kind)(sources=["rollouts"], **settings)
+    return lambda x: TERMS.get(kind).fn(x, **params_of(spec))
+
+
+def test_pg_term_adapter_and_clip_fraction():
     logp, old, adv = _pg_inputs()
-    kw = {"clip_low": 0.2, "clip_high": 0.2, "clip_ratio_c": 3.0}
-    torch.testing.assert_close(PG_TERMS["clip"](logp, old, adv, **kw), clipped_pg(logp, old, adv))
-    torch.testing.assert_close(PG_TERMS["none"](logp, old, adv, **kw), unclipped_pg(logp, old, adv))
-    assert get_pg_term("clip") is PG_TERMS["clip"]
-    with pytest.raises(ConfigError, match="clip"):
-        get_pg_term("gspo")
+    sampled = torch.full_like(adv, ROLE_ID["sampled"], dtype=torch.int8)
+    x = TokenInputs(logp=logp, old_logp=old, adv=adv, role=sampled)
+    loss, stats = _term("pg")(x)
+    torch.testing.assert_close(loss, clipped_pg(logp, old, adv))
+    # From the table above: the clip is active (−A·clip(ρ) > −Aρ: no gradient) on tokens 1
+    # (ρ = 1.35 > 1.2, A > 0) and 4 (ρ = 0.61 < 0.8, A < 0): 2 of 6.
+    assert stats["clip_frac"].tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]]
+    loss, stats = _term("pg", clip=False)(x)
+    torch.testing.assert_close(loss, unclipped_pg(logp, old, adv))
+    assert stats["clip_frac"].sum() == 0
+    # LUFFY: demonstration tokens take the shaped term −A·p/(p + γ), sampled ones the PG term.
+    roles = sampled.clone()
+    roles[0, :3] = ROLE_ID["demo"]
+    x = TokenInputs(logp=logp, old_logp=old, adv=adv, role=roles)
+    loss, _ = _term("pg", clip=False, off_policy="shaped", shaping_gamma=0.1)(x)
+    torch.testing.assert_close(loss[0, :3], shaped_pg(logp, adv, 0.1)[0, :3])
+    torch.testing.assert_close(loss[0, 3:], unclipped_pg(logp, old, adv)[0, 3:])
+
+
+def test_pg_prefix_entropy_keep():
+    # Prefix-RFT: of a row's prefix tokens only the highest-entropy fraction keeps its
+    # advantage. Prefix tokens 0-3 with entropies [0.1, 0.9, 0.5, 0.7], keep 0.5 → ceil(2) = 2
+    # tokens: entropies 0.9 and 0.7 (tokens 1 and 3); tokens 4-5 are sampled and untouched.
+    logp = t([-1.0] * 6).requires_grad_(True)
+    roles = torch.tensor([[ROLE_ID["prefix"]] * 4 + [ROLE_ID["sampled"]] * 2], dtype=torch.int8)
+    x = TokenInputs(
+        logp=logp,
+        old_logp=logp.detach(),
+        adv=t([1.0] * 6),
+        role=roles,
+        entropy=t([0.1, 0.9, 0.5, 0.7, 0.0, 0.0]),
+    )
+    loss, _ = _term("pg", prefix_entropy_keep=0.5)(x)
+    # ratio 1: ℓ = −A where the advantage is kept, 0 where it was zeroed
+    assert loss.tolist() == [[0.0, -1.0, 0.0, -1.0, -1.0, -1.0]]
+    assert TERMS.spec("pg")(sources=["r"], prefix_entropy_keep=0.2).extra_needs() == {"entropy"}
+
+
+def test_term_registry_lists_every_kind_and_rejects_unknown():
+    assert {"pg", "nll", "dft", "chord_phi", "kl", "entropy", "value"} <= set(TERMS.names())
+    assert {"dpo", "ipo", "simpo", "orpo"} <= set(TERMS.names())
+    with pytest.raises(ConfigError, match="pg, nll"):
+        TERMS.get("gspo")
 
 
 def test_shaped_pg_value_and_gradient():
@@ -138,11 +178,14 @@ def test_expert_terms_values_and_gradients():
         torch.testing.assert_close(p.grad, expected_grad[fn], atol=TOL, rtol=0)
 
 
-def test_expert_registry():
-    assert set(EXPERT_TERMS) == {"nll", "dft", "chord_phi"}
-    assert get_expert_term("dft") is dft_nll
-    with pytest.raises(ConfigError, match="chord_phi"):
-        get_expert_term("sft")
+def test_expert_term_adapters():
+    logp = torch.log(t([0.5, 0.25]))
+    x = TokenInputs(logp=logp, old_logp=logp, adv=logp * 0, role=logp.to(torch.int8) * 0)
+    for kind, fn in (("nll", nll), ("dft", dft_nll), ("chord_phi", chord_phi_nll)):
+        torch.testing.assert_close(_term(kind)(x), fn(logp))
+    # entropy is a bonus: the term is −H
+    x.entropy = t([0.3, 1.2])
+    torch.testing.assert_close(_term("entropy")(x), t([-0.3, -1.2]))
 
 
 def test_kl_estimators():
@@ -168,22 +211,3 @@ def test_kl_estimators():
     assert abs(logp2.grad.item() - 0.393469) < TOL
     with pytest.raises(ConfigError, match="k3"):
         kl_penalty(logp, ref, "low_var_kl")
-
-
-def test_pg_stats():
-    # From the table above: clip active (−A·clip(ρ) > −Aρ) on tokens 1 and 4 → 2/6 = 0.333333.
-    # approx_kl = mean(old − logp) = −mean(d) = −1.8/6 = −0.3.
-    # ratio_mean = (1.349859 + 0.740818 + 1.349859 + 0.606531 + 1 + 7.389056)/6 = 2.072687.
-    logp, old, adv = _pg_inputs()
-    stats = pg_stats(logp, old, adv, torch.ones(1, 6), 0.2, 0.2)
-    assert abs(stats["clip_frac"] - 1 / 3) < TOL
-    assert abs(stats["approx_kl"] - (-0.3)) < TOL
-    assert abs(stats["ratio_mean"] - 2.072687) < TOL
-    # Masking out the last token: clip_frac = 2/5 = 0.4; Σd over the first five = −0.2, so
-    # approx_kl = −(−0.2)/5 = 0.04.
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
-    stats = pg_stats(logp, old, adv, mask, 0.2, 0.2)
-    assert abs(stats["clip_frac"] - 0.4) < TOL
-    assert abs(stats["approx_kl"] - 0.04) < TOL
-    empty = pg_stats(logp, old, adv, torch.zeros(1, 6), 0.2, 0.2)
-    assert empty == {"clip_frac": 0.0, "approx_kl": 0.0, "ratio_mean": 0.0}

@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
+import tandem.train.backend as backend_mod
 import tandem.train.step as step_mod
 from tandem.model import build_tiny
 from tandem.model.castcache import bf16_weights
 from tandem.model.logprobs import shared_prompt_logprobs
-from tandem.train.loop import build_state
+from tandem.train.loop import build_state, enter_stage
 from tests.conftest import tiny_config
 
 
@@ -19,7 +20,7 @@ def _loss_and_grads(model, ids, ctx):
     model.zero_grad()
     mask = torch.ones_like(ids)
     with ctx(), torch.autocast("cpu", dtype=torch.bfloat16):
-        logp, ent = shared_prompt_logprobs(model, ids, mask, mask, with_entropy=True)
+        logp, ent, _ = shared_prompt_logprobs(model, ids, mask, mask, with_entropy=True)
     loss = (logp * torch.linspace(-1, 1, logp.shape[1])).sum() + ent.sum()
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
@@ -53,14 +54,14 @@ def test_step_with_shared_copy_matches_plain_autocast(tmp_path, monkeypatch):
 
     def step_grads(share: bool) -> list[torch.Tensor]:
         if not share:
-            monkeypatch.setattr(step_mod, "bf16_weights", lambda pairs: contextlib.nullcontext())
+            monkeypatch.setattr(backend_mod, "bf16_weights", lambda pairs: contextlib.nullcontext())
         st = build_state(
             tiny_config(
                 tmp_path / str(share),
                 "model.autocast_bf16=true",
                 "grad_clip=0",
                 "method=sft_then_grpo",
-                "objective.mu.switch_step=2",
+                "stages.sft.steps=2",
             )
         )
         got, real_step = [], st.optimizer.step
@@ -71,6 +72,7 @@ def test_step_with_shared_copy_matches_plain_autocast(tmp_path, monkeypatch):
 
         st.optimizer.step = step_and_capture
         for k in range(3):
+            enter_stage(st, k)
             step_mod.train_step(st, k)
         monkeypatch.undo()
         return got

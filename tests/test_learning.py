@@ -20,9 +20,9 @@ from .conftest import tiny_config, train_accuracy
 
 RL_ARGS = {
     "grpo": [],
-    "chord": ["objective.mu.warmup_steps=5", "objective.mu.decay_steps=50"],
+    "chord": ["objective.controllers.mu.warmup_steps=5", "objective.controllers.mu.decay_steps=50"],
     "luffy": [],
-    "sft_then_grpo": ["objective.mu.switch_step=20"],
+    "sft_then_grpo": ["stages.sft.steps=20"],
 }
 
 

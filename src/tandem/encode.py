@@ -34,7 +34,11 @@ class Encoder:
         """The demonstration's completion ids, ending with the eos token."""
         if ex.solution is None:
             raise ValueError(f"example {ex.id} has no gold solution to train on")
-        return self.tok(ex.solution, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        return self.text(ex.solution)
+
+    def text(self, completion: str) -> list[int]:
+        """A completion's ids, ending with the eos token (a wrong solution, a hinted answer)."""
+        return self.tok(completion, add_special_tokens=False)["input_ids"] + [self.eos_id]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)

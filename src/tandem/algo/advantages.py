@@ -1,25 +1,38 @@
-"""Outcome advantage estimators over groups of rollouts of the same prompt.
+"""Advantage estimators.
 
-Registry `ADVANTAGES`, one signature for all:
+Outcome estimators over groups of rollouts of the same prompt, pure functions with one
+signature:
 
     fn(rewards_N: Tensor, group_N: Tensor, *, eps: float = 1e-6) -> adv_N
 
 rewards_N: (N,) float, the scalar outcome reward r_i of each rollout (sum of token rewards).
 group_N: (N,) integer group ids (one id per prompt; any values, need not be contiguous).
-adv_N: (N,) advantage, to be broadcast over each response's tokens by the caller.
+adv_N: (N,) advantage, broadcast over each response's tokens.
 
-All estimators are vectorized with scatter-adds over groups (no Python loop over items or
-groups) and run without grad. Notation: n_g = size of the group, mean_g = its mean reward.
+All are vectorized with scatter-adds over groups (no Python loop over items or groups) and run
+without grad. Notation: n_g = size of the group, mean_g = its mean reward.
+
+The registry `ADVANTAGES` (what `objective.advantage` chooses) wraps them, and GAE
+(`tandem.algo.value.gae`, which needs the value head), behind one signature:
+
+    estimator(x: AdvantageInputs, **settings) -> Advantages(adv_BT, returns_BT | None)
+
+over the scored rows of a collated batch (rows with a reward); other rows get 0.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from tandem.errors import ConfigError
+from tandem.algo.terms import KL_ESTIMATORS, kl_penalty
+from tandem.algo.value import gae as gae_BT
+from tandem.algo.value import masked_whiten
+from tandem.registry import Registry, Spec
 
 
 class AdvantageFn(Protocol):
@@ -100,16 +113,6 @@ def rloo(rewards_N: Tensor, group_N: Tensor, *, eps: float = 1e-6) -> Tensor:
     return scale_N * (_as_float(rewards_N) - mean_N)
 
 
-ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo}
-
-
-def get_advantage(name: str) -> AdvantageFn:
-    """The estimator registered as ``name``; ConfigError naming the allowed values otherwise."""
-    if name not in ADVANTAGES:
-        raise ConfigError(f"unknown advantage estimator {name!r}; allowed: {sorted(ADVANTAGES)}")
-    return ADVANTAGES[name]
-
-
 @torch.no_grad()
 def equal_reward_groups(rewards_N: Tensor, group_N: Tensor) -> Tensor:
     """Bool mask (N,): True for items whose group has all-equal rewards (max == min).
@@ -130,12 +133,139 @@ def equal_reward_groups(rewards_N: Tensor, group_N: Tensor) -> Tensor:
     return (max_G == min_G)[inv_N]
 
 
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class AdvantageInputs:
+    """What an estimator may read: the batch's rewards (NaN: not scored), group ids, the mask
+    of trained tokens of scored rows, and (when the estimator needs them) the value head's old
+    values and the policy's old and reference log-probs, all (B,) or (B, T)."""
+
+    reward_B: Tensor
+    group_B: Tensor
+    mask_BT: Tensor
+    values_BT: Tensor | None = None
+    old_logp_BT: Tensor | None = None
+    ref_logp_BT: Tensor | None = None
+
+
+@dataclass
+class Advantages:
+    adv_BT: Tensor
+    returns_BT: Tensor | None = None
+    """Value targets (GAE's A + V), for the value term."""
+
+
+@dataclass(frozen=True)
+class Estimator:
+    fn: object
+    needs: frozenset[str] = frozenset()
+    gives: frozenset[str] = frozenset()
+    """What it computes beyond advantages ("returns": value targets)."""
+
+
+ADVANTAGES: Registry[Estimator] = Registry("advantage estimator")
+
+
+class OutcomeSpec(Spec):
+    """A group-relative outcome advantage, the same for every token of a response."""
+
+    eps: float = Field(1e-6, gt=0.0)
+    """Added to the group std (grpo only)."""
+
+
+def _outcome(fn: AdvantageFn):
+    def estimate(x: AdvantageInputs, *, eps: float) -> Advantages:
+        scored_B = ~torch.isnan(x.reward_B)
+        adv_B = torch.zeros_like(x.reward_B)
+        if scored_B.any():
+            adv_B[scored_B] = fn(x.reward_B[scored_B], x.group_B[scored_B], eps=eps)
+        return Advantages(adv_B[:, None] * x.mask_BT)
+
+    return estimate
+
+
+for _name, _fn, _summary in (
+    ("grpo", grpo, "GRPO: (r − mean_g) / (std_g + eps) over each group"),
+    ("dr_grpo", dr_grpo, "Dr. GRPO: r − mean_g (no std)"),
+    ("rloo", rloo, "RLOO: leave-one-out baseline n/(n−1)·(r − mean_g)"),
+):
+    ADVANTAGES.add(_name, Estimator(_outcome(_fn)), OutcomeSpec, _summary)
+
+
+class GaeSpec(Spec):
+    """PPO's GAE from the value head: the reward on each response's last token, minus a
+    per-token KL penalty to the reference (ReFT), whitened over the batch."""
+
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    kl_coef: float = Field(0.0, ge=0.0)
+    """β of the KL penalty in the reward, r_t −= β·KL_t (ReFT: 0.05 natural-language CoT)."""
+    kl_estimator: Literal[tuple(KL_ESTIMATORS)] = "k1"  # type: ignore[valid-type]
+    """How KL_t is estimated from log π_old − log π_ref (ReFT: k1)."""
+    whiten: bool = True
+    """Whiten the advantages over the whole batch (ReFT, verl)."""
+
+    def extra_needs(self) -> set[str]:
+        return {"old_logp", "ref_logp"} if self.kl_coef > 0 else set()
+
+
+def token_rewards(reward_B: Tensor, mask_BT: Tensor) -> Tensor:
+    """(B, T): each scored row's reward on its last masked token, 0 elsewhere (and on rows
+    with a NaN reward)."""
+    m = mask_BT.bool()
+    T = m.shape[1]
+    last_B = (T - 1 - m.flip(1).float().argmax(1)).clamp(min=0)
+    out = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
+    has_B = m.any(1) & ~torch.isnan(reward_B)
+    rows = has_B.nonzero().squeeze(1)
+    out[rows, last_B[rows]] = reward_B[rows].float()
+    return out
+
+
+def _gae(
+    x: AdvantageInputs, *, gamma: float, lam: float, kl_coef: float, kl_estimator: str, whiten: bool
+) -> Advantages:
+    mask = x.mask_BT * (~torch.isnan(x.reward_B)).float()[:, None]
+    r_BT = token_rewards(x.reward_B, mask)
+    if kl_coef > 0:
+        r_BT = r_BT - kl_coef * kl_penalty(x.old_logp_BT, x.ref_logp_BT, kl_estimator) * mask
+    adv, ret = gae_BT(r_BT, x.values_BT, mask, gamma, lam)
+    if whiten:
+        adv = masked_whiten(adv, mask)
+    return Advantages(adv, ret)
+
+
+ADVANTAGES.add(
+    "gae",
+    Estimator(_gae, frozenset({"old_values"}), frozenset({"returns"})),
+    GaeSpec,
+    "GAE(γ, λ) from the value head, KL in the reward, whitened (PPO, ReFT)",
+)
+
+
+def estimator_needs(spec: Spec) -> frozenset[str]:
+    """What an estimator with these settings needs the step to compute."""
+    return ADVANTAGES.get(spec.kind).needs | spec.extra_needs()  # type: ignore[attr-defined]
+
+
+def estimate(spec: Spec, x: AdvantageInputs) -> Advantages:
+    """Run the estimator `spec` chooses."""
+    params = {k: v for k, v in spec.model_dump().items() if k != "kind"}
+    return ADVANTAGES.get(spec.kind).fn(x, **params)  # type: ignore[attr-defined]
+
+
 __all__: list[str] = [
     "ADVANTAGES",
     "AdvantageFn",
+    "AdvantageInputs",
+    "Advantages",
     "dr_grpo",
     "equal_reward_groups",
-    "get_advantage",
+    "estimate",
+    "estimator_needs",
     "grpo",
     "rloo",
+    "token_rewards",
 ]

@@ -1,50 +1,90 @@
-"""Controllers: small stateful objects that set one coefficient per optimizer step.
+"""Controllers: small stateful objects that set one coefficient per step.
 
-A controller answers ``value(step)`` (e.g. CHORD's μ, a KL β, a stage switch) and may read the
-step's metrics in ``update(step, stats)``. Its state goes into every checkpoint through
-``state_dict()`` / ``load_state_dict()``; the dict holds the parameters and the mutable state,
-so a round-trip rebuilds an equal controller. ``step`` is the optimizer-step index as the
-trainer counts it (tandem counts from 0).
+A controller answers ``value(step)`` (CHORD's μ, a KL β, a sampling temperature, whether SASR
+takes an SFT or an RL step, a Prefix-RFT prefix-length bound) and reads each step's statistics
+in ``update(step, stats)``: the step's metrics, including ``grad_norm/<term>`` for the terms
+named in its ``wants_grad_norms`` (the step then measures each term's gradient separately).
+``step`` counts from the start of the controller's stage (0 for the first step of a
+single-stage run). Its state goes into every checkpoint through ``state_dict()`` /
+``load_state_dict()``, so a resumed run continues exactly; ``metrics()`` adds a few numbers
+to the step's log (``ctl/<name>/<key>``).
 
-Registry `CONTROLLERS` (kind → class) and `build_controller(kind, **params)`, which turns
-config errors (unknown kind, unknown or missing parameter) into `ConfigError`.
+Registry `CONTROLLERS` (kind -> class and settings); `build_controller(spec, seed)` builds one
+from its config spec (a spec field ``seed`` left null takes the run's seed).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, Protocol, runtime_checkable
+import random
+from typing import Any, Protocol
+
+from pydantic import Field
 
 from tandem.errors import ConfigError
+from tandem.registry import Registry, Spec
 
 
-@runtime_checkable
 class Controller(Protocol):
     """What the training step needs from a coefficient controller."""
 
+    wants_grad_norms: tuple[str, ...]
+
     def value(self, step: int) -> float:
-        """The coefficient to use at optimizer step ``step``."""
+        """The coefficient at step ``step`` (counted from the stage's first step)."""
         ...
 
     def update(self, step: int, stats: dict[str, float]) -> None:
-        """Read the metrics of step ``step`` (after it ran); may be a no-op."""
+        """Read the statistics of step ``step`` after it ran; may be a no-op."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-
-def _check_kind(state: dict[str, Any], kind: str) -> None:
-    if state.get("kind") != kind:
-        raise ValueError(f"state_dict is for controller {state.get('kind')!r}, not {kind!r}")
+    def metrics(self) -> dict[str, float]: ...
 
 
-class Constant:
-    """A fixed coefficient: value(step) = value. Used for CHORD-φ's μ = 0.1, fixed KL β, etc."""
+CONTROLLERS: Registry[type] = Registry("controller")
+
+
+class _Base:
+    """Defaults: no statistics read, state = the settings, no metrics."""
+
+    kind = ""
+    wants_grad_norms: tuple[str, ...] = ()
+    _state_keys: tuple[str, ...] = ()
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **{k: getattr(self, k) for k in self._state_keys}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(
+                f"state_dict is for controller {state.get('kind')!r}, not {self.kind!r}"
+            )
+        for k in self._state_keys:
+            setattr(self, k, state[k])
+
+
+class ConstantSpec(Spec):
+    """A fixed coefficient."""
+
+    value: float = 0.0
+
+
+@CONTROLLERS.register("constant", ConstantSpec, "a fixed value")
+class Constant(_Base):
+    """value(step) = value. CHORD-φ's μ = 0.1, a fixed KL β, etc."""
 
     kind = "constant"
+    _state_keys = ("_value",)
 
     def __init__(self, value: float) -> None:
         self._value = float(value)
@@ -52,18 +92,18 @@ class Constant:
     def value(self, step: int) -> float:
         return self._value
 
-    def update(self, step: int, stats: dict[str, float]) -> None:
-        return None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self._value}
+class WarmupCosineSpec(Spec):
+    """Linear warm-up from 0 to `peak`, cosine decay to `valley`, then `valley`."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_kind(state, self.kind)
-        self._value = float(state["value"])
+    peak: float = 0.5
+    valley: float = 0.02
+    warmup_steps: int = Field(0, ge=0)
+    decay_steps: int = Field(1, ge=0)
 
 
-class WarmupCosine:
+@CONTROLLERS.register("warmup_cosine", WarmupCosineSpec, "warm-up then cosine decay (CHORD's μ)")
+class WarmupCosine(_Base):
     """CHORD's μ schedule: linear warm-up, cosine decay, then a floor (ALGORITHMS.md §6).
 
     With k = step, W = warmup_steps, D = decay_steps:
@@ -81,16 +121,15 @@ class WarmupCosine:
     """
 
     kind = "warmup_cosine"
+    _state_keys = ("peak", "valley", "warmup_steps", "decay_steps")
 
     def __init__(self, peak: float, valley: float, warmup_steps: int, decay_steps: int) -> None:
         if warmup_steps < 0 or decay_steps < 0:
             raise ConfigError(
                 f"warmup_steps and decay_steps must be >= 0, got {warmup_steps}, {decay_steps}"
             )
-        self.peak = float(peak)
-        self.valley = float(valley)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = int(decay_steps)
+        self.peak, self.valley = float(peak), float(valley)
+        self.warmup_steps, self.decay_steps = int(warmup_steps), int(decay_steps)
 
     def value(self, step: int) -> float:
         w, d = self.warmup_steps, self.decay_steps
@@ -101,112 +140,180 @@ class WarmupCosine:
         cosine = 0.5 * (1.0 + math.cos(math.pi * (step - w) / d))
         return self.valley + (self.peak - self.valley) * cosine
 
-    def update(self, step: int, stats: dict[str, float]) -> None:
-        return None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "peak": self.peak,
-            "valley": self.valley,
-            "warmup_steps": self.warmup_steps,
-            "decay_steps": self.decay_steps,
-        }
+class CosineSpec(Spec):
+    """Cosine from `start` to `end` over `steps` steps, then `end`."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_kind(state, self.kind)
-        self.peak = float(state["peak"])
-        self.valley = float(state["valley"])
-        self.warmup_steps = int(state["warmup_steps"])
-        self.decay_steps = int(state["decay_steps"])
+    start: float
+    end: float
+    steps: int = Field(ge=1)
 
 
-class StageSwitch:
-    """A two-stage coefficient: value = before for step < switch_step, else after.
+@CONTROLLERS.register("cosine", CosineSpec, "cosine from start to end (Prefix-RFT's schedule)")
+class Cosine(_Base):
+    """y(k) = end + ½(1 + cos(π·min(k, N)/N))·(start − end), N = steps.
 
-    E.g. ReFT's SFT warm-up then PPO (ALGORITHMS.md §3.6): an SFT weight with before=1, after=0
-    and a PG weight with before=0, after=1. The value depends on the step only; ``update``
-    records the first step at or after ``switch_step`` that actually ran (``switched_at``), so a
-    resumed run and the logs know whether and when the switch happened.
+    Prefix-RFT's `CosineDecayController` (ZeroYuHuang/prefix_rft `scheduler/global_step.py`
+    at 5f5d2a1, warm-up 0), which the paper uses for the lower bound of the prefix ratio,
+    0.95 -> 0.05. Rising (end > start) uses the same formula.
     """
 
-    kind = "stage"
+    kind = "cosine"
+    _state_keys = ("start", "end", "steps")
 
-    def __init__(self, switch_step: int, before: float, after: float) -> None:
-        if switch_step < 0:
-            raise ConfigError(f"switch_step must be >= 0, got {switch_step}")
-        self.switch_step = int(switch_step)
-        self.before = float(before)
-        self.after = float(after)
-        self.switched_at: int | None = None
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        self.start, self.end, self.steps = float(start), float(end), int(steps)
 
     def value(self, step: int) -> float:
-        return self.before if step < self.switch_step else self.after
+        frac = min(max(step, 0), self.steps) / self.steps
+        return self.end + 0.5 * (1.0 + math.cos(math.pi * frac)) * (self.start - self.end)
+
+
+class AdaptiveKlSpec(Spec):
+    """β that moves the measured KL towards a target (verl's AdaptiveKLController)."""
+
+    init: float = Field(0.05, gt=0.0)
+    target: float = Field(0.01, gt=0.0)
+    horizon: int = Field(10000, ge=1)
+    stat: str = "loss/kl"
+    """The metric it reads as the current KL."""
+    n_steps: int = Field(1, ge=1)
+    """Samples per update that verl's formula multiplies the error by."""
+
+
+@CONTROLLERS.register(
+    "adaptive_kl", AdaptiveKlSpec, "KL β towards a target KL (verl, Ziegler et al.)"
+)
+class AdaptiveKl(_Base):
+    """e = clip(KL / target − 1, −0.2, 0.2);  β ← β·(1 + e·n_steps / horizon).
+
+    Source: verl `AdaptiveKLController.update` (core_algos.py at b178a3c), from Ziegler et al.
+    2019 (arXiv 1909.08593). Updated after each step from `stat` when the step logged it.
+    """
+
+    kind = "adaptive_kl"
+    _state_keys = ("beta", "target", "horizon", "stat", "n_steps")
+
+    def __init__(self, init: float, target: float, horizon: int, stat: str, n_steps: int) -> None:
+        self.beta, self.target, self.horizon = float(init), float(target), int(horizon)
+        self.stat, self.n_steps = stat, int(n_steps)
+
+    def value(self, step: int) -> float:
+        return self.beta
 
     def update(self, step: int, stats: dict[str, float]) -> None:
-        if self.switched_at is None and step >= self.switch_step:
-            self.switched_at = int(step)
+        kl = stats.get(self.stat)
+        if kl is None or not math.isfinite(kl):
+            return
+        err = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + err * self.n_steps / self.horizon
 
-    @property
-    def switched(self) -> bool:
-        return self.switched_at is not None
+
+class SasrSpec(Spec):
+    """SASR's step-wise choice between an SFT step (value 1) and an RL step (value 0)."""
+
+    warmup_steps: int = Field(5, ge=1)
+    """Pure SFT steps at the stage start; the last one's SFT gradient norm is G_0."""
+    gamma: float = Field(1.0, gt=0.0)
+    """Scale of G_0 in p_SFT = G / (G + gamma·G_0)."""
+    sft_term: str = "sft"
+    """The term whose gradient norm G is read (it must be the SFT step's term)."""
+    seed: int | None = None
+    """Seed of the Bernoulli draws; null: the run's seed."""
+
+
+@CONTROLLERS.register("sasr", SasrSpec, "SASR: SFT or RL step by the SFT gradient norm")
+class Sasr(_Base):
+    """SASR (arXiv 2505.13026), step-wise adaptive SFT/RL (RECON: no public code was found).
+
+        k < W:   SFT (value 1); at k = W − 1, G_0 = ‖∇L_SFT‖ of that step
+        k ≥ W:   p_k = G / (G + γ·G_0),  I_k ~ Bernoulli(p_k),  value = I_k
+                 (I_k = 1: an SFT step, 0: an RL step)
+
+    G is the SFT gradient norm of the most recent SFT step (a running value, refreshed on every
+    SFT step), as in a third-party pseudocode of the paper's Algorithm 1; the functional form of
+    p_k and the paper's trigger on the divergence from the initial model are unverified and the
+    trigger is not implemented (docs/methods.md). The draw is a pure function of (seed, step),
+    so a resumed run makes the same choices. The gradient norm is read from
+    ``grad_norm/<sft_term>`` (the step measures it because this controller asks for it).
+    Metrics: ``p_sft``, the SFT step count and the switches in each direction.
+    """
+
+    kind = "sasr"
+    _state_keys = ("g0", "g_last", "last", "sft_steps", "to_sft", "to_rl", "p")
+
+    @staticmethod
+    def reads_terms(spec: SasrSpec) -> tuple[str, ...]:
+        """The terms whose gradient norms it reads (checked against the objective's terms)."""
+        return (spec.sft_term,)
+
+    def __init__(self, warmup_steps: int, gamma: float, sft_term: str, seed: int | None) -> None:
+        self.warmup_steps, self.gamma, self.sft_term = int(warmup_steps), float(gamma), sft_term
+        self.seed = int(seed or 0)
+        self.wants_grad_norms = (sft_term,)
+        self.g0: float | None = None
+        self.g_last: float | None = None
+        self.last: float | None = None
+        self.sft_steps, self.to_sft, self.to_rl = 0, 0, 0
+        self.p = 1.0
+
+    def _p(self) -> float:
+        if self.g0 is None or self.g_last is None:
+            return 1.0
+        return self.g_last / (self.g_last + self.gamma * self.g0 + 1e-12)
+
+    def value(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return 1.0
+        u = random.Random(f"sasr:{self.seed}:{step}").random()
+        return 1.0 if u < self._p() else 0.0
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        v = self.value(step)
+        g = stats.get(f"grad_norm/{self.sft_term}")
+        if v == 1.0:
+            self.sft_steps += 1
+            if g is not None and math.isfinite(g):
+                self.g_last = float(g)
+                if step == self.warmup_steps - 1:
+                    self.g0 = float(g)
+        if self.last is not None and v != self.last:
+            self.to_sft += int(v == 1.0)
+            self.to_rl += int(v == 0.0)
+        self.last = v
+        self.p = self._p()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "switch_step": self.switch_step,
-            "before": self.before,
-            "after": self.after,
-            "switched_at": self.switched_at,
-        }
+        return {**super().state_dict(), "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_kind(state, self.kind)
-        self.switch_step = int(state["switch_step"])
-        self.before = float(state["before"])
-        self.after = float(state["after"])
-        at = state["switched_at"]
-        self.switched_at = None if at is None else int(at)
+        super().load_state_dict(state)
+        self.seed = int(state["seed"])
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "p_sft": self.p,
+            "sft_steps": float(self.sft_steps),
+            "switches_to_sft": float(self.to_sft),
+            "switches_to_rl": float(self.to_rl),
+        }
 
 
-CONTROLLERS: dict[str, type] = {
-    Constant.kind: Constant,
-    WarmupCosine.kind: WarmupCosine,
-    StageSwitch.kind: StageSwitch,
-}
-
-
-def build_controller(kind: str, **params: Any) -> Controller:
-    """Construct the controller registered as ``kind`` from its parameters.
-
-    ConfigError if the kind is unknown, a parameter is unknown, or a required one is missing;
-    the message names the allowed values.
-    """
-    if kind not in CONTROLLERS:
-        raise ConfigError(f"unknown controller kind {kind!r}; allowed: {sorted(CONTROLLERS)}")
-    cls = CONTROLLERS[kind]
-    sig = inspect.signature(cls.__init__)
-    allowed = [name for name in sig.parameters if name != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {unknown} for controller {kind!r}; allowed: {allowed}"
-        )
-    missing = [
-        name
-        for name in allowed
-        if sig.parameters[name].default is inspect.Parameter.empty and name not in params
-    ]
-    if missing:
-        raise ConfigError(f"missing parameter(s) {missing} for controller {kind!r}")
-    return cls(**params)
+def build_controller(spec: Spec, seed: int = 0) -> Controller:
+    """The controller `spec` describes (its kind's class, built from its settings)."""
+    params = {k: v for k, v in spec.model_dump().items() if k != "kind"}
+    if "seed" in params and params["seed"] is None:
+        params["seed"] = seed
+    return CONTROLLERS.get(spec.kind)(**params)  # type: ignore[attr-defined]
 
 
 __all__ = [
     "CONTROLLERS",
+    "AdaptiveKl",
     "Constant",
     "Controller",
-    "StageSwitch",
+    "Cosine",
+    "Sasr",
     "WarmupCosine",
     "build_controller",
 ]

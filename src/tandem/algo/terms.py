@@ -9,23 +9,14 @@ Notation (ALGORITHMS.md §0): ``logp_BT`` = log π_θ(y_t | s_t) of the sampled 
 ``adv_BT`` = advantage A broadcast over the response tokens, p = exp(logp), sg = stop-gradient,
 ρ = π_θ / π_old.
 
-Registries (one signature each, no if/elif on names in callers):
-
-- `PG_TERMS`: ``fn(logp_BT, old_logp_BT, adv_BT, *, clip_low, clip_high, clip_ratio_c)``
-  for on-policy rollouts ("clip": PPO/GRPO/DAPO, "none": LUFFY's loss_remove_clip).
-- `EXPERT_TERMS`: ``fn(logp_BT)`` for expert demonstrations ("nll": SFT, "dft": DFT,
-  "chord_phi": CHORD-φ).
-- `KL_ESTIMATORS`: ``fn(logp_BT, ref_logp_BT)`` ("k1", "k2", "k3" and straight-through "k1+",
-  "k3+"); use `kl_penalty(..., kind)`.
-
-`shaped_pg` (LUFFY off-policy shaping) has its own signature (no old policy, a γ) and is called
-directly.
+The registry of term kinds that a config chooses from is `tandem.algo.objective.TERMS`; its
+adapters call these functions. `KL_ESTIMATORS` (``fn(logp_BT, ref_logp_BT)``: "k1", "k2", "k3"
+and straight-through "k1+", "k3+") is the list `objective.terms.<kl>.estimator` allows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -111,56 +102,6 @@ def shaped_pg(logp_BT: Tensor, adv_BT: Tensor, gamma: float = 0.1) -> Tensor:
     return -adv_BT * (p_BT / (p_BT + gamma))
 
 
-class PGTerm(Protocol):
-    """Signature shared by every entry of `PG_TERMS`."""
-
-    def __call__(
-        self,
-        logp_BT: Tensor,
-        old_logp_BT: Tensor,
-        adv_BT: Tensor,
-        *,
-        clip_low: float,
-        clip_high: float,
-        clip_ratio_c: float | None,
-    ) -> Tensor: ...
-
-
-def _pg_clip(
-    logp_BT: Tensor,
-    old_logp_BT: Tensor,
-    adv_BT: Tensor,
-    *,
-    clip_low: float,
-    clip_high: float,
-    clip_ratio_c: float | None,
-) -> Tensor:
-    return clipped_pg(logp_BT, old_logp_BT, adv_BT, clip_low, clip_high, clip_ratio_c)
-
-
-def _pg_none(
-    logp_BT: Tensor,
-    old_logp_BT: Tensor,
-    adv_BT: Tensor,
-    *,
-    clip_low: float,
-    clip_high: float,
-    clip_ratio_c: float | None,
-) -> Tensor:
-    del clip_low, clip_high, clip_ratio_c  # same signature as "clip"; no clipping here
-    return unclipped_pg(logp_BT, old_logp_BT, adv_BT)
-
-
-PG_TERMS: dict[str, PGTerm] = {"clip": _pg_clip, "none": _pg_none}
-
-
-def get_pg_term(name: str) -> PGTerm:
-    """The PG term registered as ``name``; ConfigError naming the allowed values otherwise."""
-    if name not in PG_TERMS:
-        raise ConfigError(f"unknown pg term {name!r}; allowed: {sorted(PG_TERMS)}")
-    return PG_TERMS[name]
-
-
 # --------------------------------------------------------------------------------------------
 # Expert (demonstration) terms
 # --------------------------------------------------------------------------------------------
@@ -192,18 +133,6 @@ def chord_phi_nll(logp_BT: Tensor) -> Tensor:
     """
     p_BT = torch.exp(logp_BT).detach()
     return -(p_BT * (1.0 - p_BT)) * logp_BT
-
-
-ExpertTerm = Callable[[Tensor], Tensor]
-
-EXPERT_TERMS: dict[str, ExpertTerm] = {"nll": nll, "dft": dft_nll, "chord_phi": chord_phi_nll}
-
-
-def get_expert_term(name: str) -> ExpertTerm:
-    """The expert term registered as ``name``; ConfigError naming the allowed values otherwise."""
-    if name not in EXPERT_TERMS:
-        raise ConfigError(f"unknown expert term {name!r}; allowed: {sorted(EXPERT_TERMS)}")
-    return EXPERT_TERMS[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,59 +188,13 @@ def kl_penalty(logp_BT: Tensor, ref_logp_BT: Tensor, kind: str) -> Tensor:
     return KL_ESTIMATORS[kind](logp_BT, ref_logp_BT)
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def pg_stats(
-    logp_BT: Tensor,
-    old_logp_BT: Tensor,
-    adv_BT: Tensor,
-    mask_BT: Tensor,
-    clip_low: float,
-    clip_high: float,
-) -> dict[str, float]:
-    """Diagnostics of a PG step, as token means over ``mask_BT`` (for metrics only, no grad).
-
-    - ``clip_frac``: fraction of tokens where the clip is active, i.e.
-      −A·clip(ρ) > −A·ρ (verl ``pg_clipfrac``); these tokens get no gradient.
-    - ``approx_kl``: mean(old_logp − logp), a k1 estimate of KL(π_old ‖ π_θ) (verl ``ppo_kl``).
-    - ``ratio_mean``: mean ρ.
-
-    All three are 0.0 when the mask is empty. These are means over the given rows, not
-    micro-batch invariant sums; compute them on the whole batch when possible.
-    Shapes: all (B, T); mask is 0/1 (bool or float).
-    """
-    m_BT = mask_BT.bool()
-    n = int(m_BT.sum().item())
-    if n == 0:
-        return {"clip_frac": 0.0, "approx_kl": 0.0, "ratio_mean": 0.0}
-    ratio_BT = _ratio(logp_BT, old_logp_BT)
-    clipped_BT = -adv_BT * torch.clamp(ratio_BT, 1.0 - clip_low, 1.0 + clip_high)
-    clip_active_BT = clipped_BT > -adv_BT * ratio_BT
-    return {
-        "clip_frac": clip_active_BT[m_BT].double().mean().item(),
-        "approx_kl": (old_logp_BT - logp_BT)[m_BT].double().mean().item(),
-        "ratio_mean": ratio_BT[m_BT].double().mean().item(),
-    }
-
-
 __all__ = [
-    "EXPERT_TERMS",
     "KL_ESTIMATORS",
-    "PG_TERMS",
-    "ExpertTerm",
-    "PGTerm",
     "chord_phi_nll",
     "clipped_pg",
     "dft_nll",
-    "get_expert_term",
-    "get_pg_term",
     "kl_penalty",
     "nll",
-    "pg_stats",
     "shaped_pg",
     "unclipped_pg",
 ]

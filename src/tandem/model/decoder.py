@@ -306,8 +306,9 @@ class LlamaDecoder:
         self.logits_BV = self._head(h_UD)[rows_B]
 
     def _act_dtype(self) -> torch.dtype:
-        if torch.is_autocast_enabled("cpu") and self.base.embed_tokens.weight.device.type == "cpu":
-            return torch.get_autocast_dtype("cpu")
+        dev = self.base.embed_tokens.weight.device.type
+        if torch.is_autocast_enabled(dev):  # activations in the autocast dtype (CPU or CUDA)
+            return torch.get_autocast_dtype(dev)
         return self.base.embed_tokens.weight.dtype
 
     def _head(self, h_BD: Tensor) -> Tensor:

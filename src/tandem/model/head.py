@@ -17,7 +17,7 @@ rather than faulted in):
   then dh += dz @ W_slice and dW[slice] = dz.T @ h, each row of dW written once.
 The same idea as Liger-Kernel's fused linear cross-entropy, in plain PyTorch.
 
-Under CPU autocast the matmuls run in the autocast dtype (bf16 logits, float32 softmax), as
+Under autocast (CPU or CUDA) the matmuls run in the autocast dtype (bf16 logits, float32 softmax), as
 autograd under autocast would; dW is written in the weight's own dtype.
 Tests: tests/test_head.py (values and gradients against the plain autograd formula).
 """
@@ -31,8 +31,8 @@ from tandem.model import castcache, onednn
 
 
 def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(h.device.type) and h.device.type == "cpu":
-        return torch.get_autocast_dtype("cpu")
+    if torch.is_autocast_enabled(h.device.type):  # CPU or CUDA autocast: its dtype
+        return torch.get_autocast_dtype(h.device.type)
     return torch.promote_types(h.dtype, weight.dtype)
 
 

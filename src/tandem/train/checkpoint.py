@@ -4,8 +4,9 @@ Layout of RUN_DIR/checkpoints/step_000010/:
   model/        `save_pretrained` output (safetensors + tokenizer): transformers loads it directly
   trainer.pt    optimizer, LR schedule, controller state, data positions, RNG states, step
   config.yaml   the resolved config
-  ref_model/    the KL reference, only when it is no longer the initial model (after a stage
-                switch with kl_coef > 0)
+  ref_model/    the reference model, only when it is no longer the initial model (a stage
+                with `reference: stage_start`)
+  value_head.safetensors   the PPO value head, when the run has one
 
 A checkpoint is written into a temporary directory and renamed into place (atomic on POSIX);
 then the one-line `latest` file is replaced the same way. A crash at any moment leaves either the
@@ -38,17 +39,22 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(
@@ -60,6 +66,7 @@ def save_checkpoint(
     config_yaml: str,
     keep: int = 2,
     ref_model=None,
+    value_head=None,
 ) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +81,10 @@ def save_checkpoint(
     if ref_model is not None:
         ref_model.save_pretrained(tmp / "ref_model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "ref_model")
+    if value_head is not None:
+        from safetensors.torch import save_file
+
+        save_file(value_head.state_dict(), tmp / "value_head.safetensors")
     torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
@@ -109,4 +120,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(Path(ckpt) / "trainer.pt", weights_only=False)
+    # map to CPU: a checkpoint written on a GPU loads anywhere; the optimizers move their state
+    # to their parameters' device in load_state_dict
+    return torch.load(Path(ckpt) / "trainer.pt", weights_only=False, map_location="cpu")

@@ -6,6 +6,7 @@ step 0 is "before training". The controller for update k (0-based) sees k.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,34 +18,33 @@ from typing import Any
 import torch
 
 from tandem import allocator
-from tandem.algo.controllers import build_controller
 from tandem.config import RunConfig, dump_config, load_config
 from tandem.encode import Encoder
 from tandem.errors import TandemError
 from tandem.eval.evaluate import evaluate
 from tandem.model.load import eos_token_ids, load_model
+from tandem.model.value_head import ValueHead
 from tandem.report.metrics import MetricsWriter, read_metrics
 from tandem.report.plots import plot_curves
 from tandem.tasks import get_task
+from tandem.train.backend import Backend, resolve_device
 from tandem.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
 )
-from tandem.train.data import ExampleStream
-from tandem.train.step import RunState, autocast_ctx, make_sample_model, sampling_model, train_step
+from tandem.train.plan import Stage, build_stages, describe
+from tandem.train.step import RunState, train_step
 
 
-def _lr_lambda(cfg: RunConfig):
-    """Multiplier of `lr` at update k: warm-up, then constant or cosine; a stage switch with
-    `lr_after` rescales every later step to that learning rate."""
-    mu = cfg.objective.mu
+def _lr_lambda(cfg: RunConfig, stages: list[Stage]):
+    """Multiplier of `lr` at step k: the stage's learning rate relative to `lr`, times the
+    run's warm-up and constant or cosine schedule."""
 
     def f(k: int) -> float:
-        scale = 1.0
-        if mu.kind == "stage" and mu.lr_after is not None and k >= mu.switch_step:
-            scale = mu.lr_after / cfg.lr
+        stage = next((s for s in stages if s.start <= k < s.end), stages[-1])
+        scale = stage.lr / cfg.lr
         if cfg.warmup_steps and k < cfg.warmup_steps:
             return scale * (k + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "cosine" and cfg.steps > cfg.warmup_steps:
@@ -55,66 +55,105 @@ def _lr_lambda(cfg: RunConfig):
     return f
 
 
-def _mu_controller(cfg: RunConfig):
-    params = cfg.objective.mu.model_dump(exclude={"lr_after", "reset_optimizer"})
-    return build_controller(params.pop("kind"), **params)
+def _adamw(params, lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
+    # fused AdamW: one kernel over all parameters, ~10x faster than foreach on CPU (docs/LOG.md)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> RunState:
-    """Load model, task and data; make the optimizer and controllers. Nothing is trained."""
+    """Load model, task and data; build the stages (sources, terms, controllers), the extra
+    models they need, the backend and the optimizers. Nothing is trained."""
     torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.model.device)
     model, tok = load_model(model_source or cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
-    ref = None
-    if cfg.objective.kl_coef > 0:
-        if model_source is None:
-            ref = copy.deepcopy(model)
-        else:  # resuming: the reference is the initial model, not the checkpoint
-            ref, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
-        ref.eval().requires_grad_(False)
+    model.to(device)
     task = get_task(cfg.task.name, cfg.task.params)
     pool = task.examples("train", cfg.task.train_pool, seed=cfg.seed)
-    demos = [ex for ex in pool if ex.solution is not None]
-    mu = cfg.objective.mu
-    needs_demos = cfg.objective.demo_in_group or not (mu.kind == "constant" and mu.value == 0)
-    if needs_demos and not demos:
-        raise TandemError(
-            f"method {cfg.method} needs demonstrations, but task {cfg.task.name} has no gold solutions"
-        )
-    # fused AdamW: one kernel over all parameters, ~10x faster than foreach on CPU (docs/LOG.md)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    pools = {"train": pool, "demos": [ex for ex in pool if ex.solution is not None]}
+    stages = build_stages(cfg, pools)
+    reference = None
+    if any(s.holds_reference() for s in stages):
+        if model_source is None:
+            reference = copy.deepcopy(model)
+        else:  # resuming: the reference is the initial model, not the checkpoint
+            reference, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
+            reference.to(device)
+        reference.eval().requires_grad_(False)
+    value_head = None
+    params = list(model.parameters())
+    if any(s.holds_value_head() for s in stages):
+        value_head = ValueHead(model.config.hidden_size).to(device)
+        params += list(value_head.parameters())
+    opt = _adamw(params, cfg.lr, cfg)
+    optimizers = {
+        ph.optimizer: _adamw(params, ph.lr or s.lr, cfg)
+        for s in stages
+        for ph in s.updates
+        if ph.optimizer != "main"
+    }
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, stages))
     encoder = Encoder(tok, cfg.task.system_prompt)
+    autocast = cfg.model.autocast_bf16
+    backend = Backend(
+        model,
+        device=device,
+        autocast_bf16=(device.type == "cuda") if autocast is None else autocast,
+        share_prompts=cfg.share_prompts,
+        rollout=cfg.rollout.backend,
+        rollout_options={
+            "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+            "max_model_len": cfg.rollout.max_model_len,
+            "seed": cfg.seed,
+        },
+        eos_token_ids=eos_token_ids(tok, model),
+        pad_token_id=encoder.pad_id,
+        tokenizer=tok,
+    )
     return RunState(
         cfg=cfg,
         model=model,
         tokenizer=tok,
         encoder=encoder,
+        task=task,
+        backend=backend,
+        stages=stages,
         optimizer=opt,
         scheduler=sched,
-        mu=_mu_controller(cfg),
-        task=task,
-        train_stream=ExampleStream(pool, cfg.seed, "train"),
-        demo_stream=ExampleStream(demos or pool, cfg.seed, "demos"),
-        eos_ids=eos_token_ids(tok, model),
-        ref_model=ref,
-        sample_model=make_sample_model(model, cfg),
+        optimizers=optimizers,
+        reference=reference,
+        value_head=value_head,
     )
 
 
-def describe_sizes(cfg: RunConfig) -> str:
-    """The derived batch sizes, in their units, printed once at start."""
-    obj = cfg.objective
-    g = cfg.samples_per_prompt
-    rollouts = cfg.prompts_per_step * (g - 1 if obj.demo_in_group else g)
+def enter_stage(st: RunState, k: int) -> None:
+    """At the first step of a stage after the first: fresh optimizer moments and, where the
+    stage asks, the policy as the new reference."""
+    for i, stage in enumerate(st.stages):
+        if i == 0 or stage.start != k:
+            continue
+        if stage.config.reset_optimizer:
+            for opt in (st.optimizer, *st.optimizers.values()):
+                opt.state.clear()
+        if stage.config.reference == "stage_start" and st.reference is not None:
+            st.reference.load_state_dict(st.model.state_dict())
+            st.ref_step = k
+
+
+def describe_sizes(st: RunState) -> str:
+    """The derived batch sizes, stages and extra models, printed once at start."""
+    cfg = st.cfg
+    extra = [
+        n for n, m in (("reference", st.reference), ("value head", st.value_head)) if m is not None
+    ]
     lines = [
-        f"method {cfg.method} | task {cfg.task.name} | model {cfg.model.name} | steps {cfg.steps}",
-        f"per step: {cfg.prompts_per_step} prompts x {g} samples_per_prompt = {rollouts} rollouts"
-        + (f" + {cfg.prompts_per_step} in-group demonstrations" if obj.demo_in_group else "")
-        + f" (when mu < 1); {cfg.demos_per_step} demonstrations (when mu > 0)",
+        f"method {cfg.method} | task {cfg.task.name} | model {cfg.model.name} | steps {cfg.steps}"
+        f" | device {st.backend.device} | rollout {cfg.rollout.backend}",
+        f"per step: {cfg.prompts_per_step} prompts_per_step x {cfg.samples_per_prompt} "
+        f"samples_per_prompt; {cfg.demos_per_step} demos_per_step; {cfg.pairs_per_step} "
+        f"pairs_per_step (each source draws only what its kind uses)",
         f"max_new_tokens {cfg.max_new_tokens} | tokens_per_microbatch {cfg.tokens_per_microbatch}"
-        f" | lr {cfg.lr} | mu {obj.mu.model_dump()}",
+        f" | lr {cfg.lr} | extra models: {', '.join(extra) or 'none'}",
+        *describe(st.stages),
         f"malloc {allocator.in_use()} (TANDEM_ALLOCATOR; see tandem.allocator)",
     ]
     return "\n".join(lines)
@@ -124,7 +163,7 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
     cfg = st.cfg
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    with sampling_model(st) as policy:
+    with st.backend.eval_policy() as policy:
         for prefix, exs in evals.items():
             out.update(
                 evaluate(
@@ -133,13 +172,13 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
                     st.task,
                     exs,
                     max_new_tokens=cfg.eval.max_new_tokens or cfg.max_new_tokens,
-                    eos_token_ids=st.eos_ids,
+                    eos_token_ids=st.backend.eos_ids,
                     batch_size=cfg.eval.batch_size,
                     pass_k=cfg.eval.pass_k,
                     pass_samples=cfg.eval.pass_samples,
                     temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
                     seed=cfg.seed,
-                    ctx=lambda: _no_grad_autocast(cfg),
+                    ctx=lambda: _no_grad(st.backend.autocast()),
                     prefix=prefix,
                 )
             )
@@ -147,29 +186,42 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
     return out
 
 
-class _no_grad_autocast:
-    def __init__(self, cfg: RunConfig) -> None:
-        self.ng = torch.no_grad()
-        self.ac = autocast_ctx(cfg)
-
-    def __enter__(self):
-        self.ng.__enter__()
-        self.ac.__enter__()
-
-    def __exit__(self, *a):
-        self.ac.__exit__(*a)
-        self.ng.__exit__(*a)
+@contextlib.contextmanager
+def _no_grad(ctx):
+    with torch.no_grad(), ctx:
+        yield
 
 
 def _trainer_state(st: RunState) -> dict[str, Any]:
     return {
         "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(),
-        "mu": st.mu.state_dict(),
-        "train_stream": st.train_stream.state_dict(),
-        "demo_stream": st.demo_stream.state_dict(),
-        "ref_step": st.extra.get("ref_step"),
+        "optimizers": {n: o.state_dict() for n, o in st.optimizers.items()},
+        "stages": {s.name: s.state_dict() for s in st.stages},
+        "ref_step": st.ref_step,
     }
+
+
+def _restore(st: RunState, ckpt: Path) -> int:
+    """Load a checkpoint's trainer state into `st`; returns its step."""
+    state = load_trainer_state(ckpt)
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.scheduler.load_state_dict(state["scheduler"])
+    for name, opt in st.optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    for s in st.stages:
+        if s.name not in state["stages"]:
+            raise TandemError(f"cannot resume: checkpoint {ckpt} has no state for stage {s.name}")
+        s.load_state_dict(state["stages"][s.name])
+    set_rng_state(state["rng"])
+    if state.get("ref_step") is not None:  # the reference was set from the policy at a stage
+        st.reference.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
+        st.ref_step = state["ref_step"]
+    if st.value_head is not None:
+        from safetensors.torch import load_file
+
+        st.value_head.load_state_dict(load_file(ckpt / "value_head.safetensors"))
+    return int(state["step"])
 
 
 def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
@@ -189,22 +241,12 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
     st = build_state(cfg, model_source=str(ckpt / "model") if ckpt else None, log=log)
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard)
     if ckpt is not None:
-        state = load_trainer_state(ckpt)
-        start = int(state["step"])
-        st.optimizer.load_state_dict(state["optimizer"])
-        st.scheduler.load_state_dict(state["scheduler"])
-        st.mu.load_state_dict(state["mu"])
-        st.train_stream.load_state_dict(state["train_stream"])
-        st.demo_stream.load_state_dict(state["demo_stream"])
-        set_rng_state(state["rng"])
-        if state.get("ref_step") is not None:  # the reference was reset at a stage switch
-            st.ref_model.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
-            st.extra["ref_step"] = state["ref_step"]
+        start = _restore(st, ckpt)
         writer.truncate_after(start)
         log(f"resumed from {ckpt} at step {start}")
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log(describe_sizes(cfg))
+    log(describe_sizes(st))
     if start >= cfg.steps and resume:
         log(f"nothing to do: the run is at step {start} of {cfg.steps} (raise `steps` to go on)")
 
@@ -228,6 +270,7 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
         cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log
     ) as bar:
         for k in range(start, cfg.steps):
+            enter_stage(st, k)
             m = train_step(st, k)
             step = k + 1
             writer.write(step, m)
@@ -246,7 +289,8 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
                     _trainer_state(st),
                     dump_config(cfg),
                     cfg.keep_checkpoints,
-                    ref_model=st.ref_model if st.extra.get("ref_step") is not None else None,
+                    ref_model=st.reference if st.ref_step is not None else None,
+                    value_head=st.value_head,
                 )
     writer.close()
     summary = summarize(cfg, run_dir, wall=time.perf_counter() - t_start)
@@ -299,6 +343,6 @@ def train_from_files(
         cfg_path = Path(resume_dir) / "config.yaml"
         if not cfg_path.exists():
             raise TandemError(f"--resume: {cfg_path} not found (is {resume_dir} a run directory?)")
-        cfg = load_config(cfg_path, [*overrides, f"output_dir={resume_dir}"])
+        cfg = load_config(cfg_path, [*overrides, f"output_dir={resume_dir}"], preset=False)
         return train(cfg, resume=True)
     return train(load_config(recipe, overrides))

@@ -1,339 +1,428 @@
-"""One training step, top to bottom: sample, score, build experience, advantages, forward,
-terms, aggregate, backward, optimizer step, controller, metrics.
+"""One training step, top to bottom: coefficients, experience, filters, tensors, needs,
+advantages, updates (forward, terms, aggregate, backward, optimizer step), controllers, metrics.
 
-    L = (1 - mu)·AGG_rl(pg term on rollout tokens [+ shaped term on in-group demos])
-        + mu·AGG_expert(expert term on demonstration tokens)
-        + kl_coef·AGG_rl(KL) - entropy_coef·AGG_rl(H)
+    L = Σ_terms coef_term(k) · AGG_term(w_item · ℓ_term)
 
-Every method is a setting of this one function (see `tandem.methods`). One update per batch:
-the "old" log-probs are the current ones detached (the ratio is 1 in value, its gradient is
-the policy gradient), so no extra forward pass is spent on them, as TRL does when
-num_iterations = 1.
+Every method is a setting of this one function (`tandem.methods`): its sources make the items,
+its terms are summed, its update plan says how many optimizer updates the batch gets. The
+default plan is one update per batch; the "old" log-probs are then the current ones detached
+(the ratio is 1 in value, its gradient the policy gradient), so no forward pass is spent on
+them, as TRL does when num_iterations = 1. With several updates (PPO epochs, mini-batches, a
+second phase) they come from one no-grad forward of the policy before the first update, so
+later ratios are real.
+
+The CPU speed work (bf16 sampling copy, shared casts, shared prompts) is in
+`tandem.train.backend`; the parts (sources, terms, estimators, controllers) are in their
+registries. Nothing here branches on a method's or a source's name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import math
 import time
-from collections.abc import Callable
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tandem.algo.advantages import equal_reward_groups, get_advantage
-from tandem.algo.aggregate import aggregate, make_normalizer
-from tandem.algo.terms import get_expert_term, get_pg_term, kl_penalty, shaped_pg
-from tandem.config import RunConfig
-from tandem.encode import Encoder
-from tandem.model.castcache import bf16_weights
-from tandem.model.logprobs import shared_prompt_logprobs, token_logprobs
-from tandem.model.sampler import sample
+from tandem.algo.advantages import AdvantageInputs, estimate
+from tandem.algo.aggregate import Normalizer, aggregate, make_normalizer
+from tandem.algo.objective import PairInputs, TokenInputs
+from tandem.experience import Batch, Item, microbatches, minibatches
 from tandem.rewards.safe import score_batch
-from tandem.train.data import ExampleStream
-from tandem.train.experience import Item, collate, microbatches
+from tandem.train.backend import Backend, step_generator
+from tandem.train.filters import apply_filters
+from tandem.train.plan import Stage, Term
+from tandem.train.sources import DrawEnv
 
 
 @dataclass
 class RunState:
     """Everything a step reads or changes. Composed, not subclassed."""
 
-    cfg: RunConfig
+    cfg: Any
     model: Any
     tokenizer: Any
-    encoder: Encoder
+    encoder: Any
+    task: Any
+    backend: Backend
+    stages: list[Stage]
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    mu: Any  # controller: value(step), update(step, stats), state_dict()
-    task: Any
-    train_stream: ExampleStream
-    demo_stream: ExampleStream
-    eos_ids: list[int]
-    ref_model: Any = None
-    sample_model: Any = None
-    """A `SampleCopy` (bf16 weights for sampling) when `model.autocast_bf16` is set and the
-    weights are fp32, else None (sampling uses the policy itself)."""
-    extra: dict = field(default_factory=dict)
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    """Separate optimizers of update phases (`UpdatePhase.optimizer`), by name."""
+    reference: Any = None
+    """The frozen reference model (KL, DPO, SPIN's opponent), when a stage needs one."""
+    value_head: Any = None
+    ref_step: int | None = None
+    """The step at which the reference was last set from the policy (None: initial model)."""
+
+    def stage_at(self, step: int) -> Stage:
+        for s in self.stages:
+            if s.start <= step < s.end:
+                return s
+        return self.stages[-1]
 
 
-class SampleCopy:
-    """A bf16 copy of the policy's weights, refreshed from the policy before each use: the model
-    the sampler decodes with, and (through `tandem.model.castcache`) the bf16 weights of the
-    autocast training forward of the same step.
-
-    Decoding is bound by reading weights, and bf16 weights halve that (decode step at batch 16:
-    130 -> 71-90 ms on SmolLM2-135M). Between uses the buffers are refreshed in place (`copy_`);
-    a training step `release`s them after its last forward pass, so each layer's copy is freed as
-    the backward pass leaves it (bf16 2x8x32 peak 3.06 -> 2.91 GB on tcmalloc), and the next
-    `refresh` allocates them again. On glibc's malloc that reallocation page-faults (casting into
-    a fresh 113 MB tensor cost 3x a `copy_`, docs/LOG.md); on tcmalloc, which the `tandem`
-    command preloads, it reuses freed memory. Autocast would otherwise cast every linear weight
-    again in each training forward, so the copy replaces those casts rather than adding memory at
-    the training peak.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        self.module = copy.deepcopy(model).to(torch.bfloat16).eval()
-        # requires_grad stays True (it only ever runs under inference mode): measured 80-90 vs
-        # 100-120 ms per decode step with requires_grad_(False), for reasons not yet understood.
-        for p in self.module.parameters():  # allocated on first use (never, in SFT-only runs)
-            p.data = torch.empty(0, dtype=torch.bfloat16, device=p.device)
-
-    def refresh(self, policy: torch.nn.Module) -> None:
-        """Copy the policy's current weights into the bf16 buffers."""
-        with torch.no_grad():
-            for dst, src in zip(self.module.parameters(), policy.parameters(), strict=True):
-                if dst.numel() == 0:
-                    dst.data = src.detach().to(torch.bfloat16)
-                else:
-                    dst.copy_(src)
-
-    def release(self) -> None:
-        """Drop the copy's buffers (the next `refresh` allocates them again)."""
-        for p in self.module.parameters():
-            p.data = torch.empty(0, dtype=torch.bfloat16, device=p.device)
-
-    @contextlib.contextmanager
-    def active(self, policy: torch.nn.Module):
-        self.refresh(policy)
-        yield self.module
-
-    def pairs(self, policy: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(policy weight, its bf16 copy) for `castcache.bf16_weights` (current only after
-        `refresh` with no optimizer step since)."""
-        return [
-            (p, c.detach())
-            for p, c in zip(policy.parameters(), self.module.parameters(), strict=True)
-        ]
-
-
-def make_sample_model(model, cfg: RunConfig) -> SampleCopy | None:
-    """A bf16 sampling copy under autocast with fp32 weights, else None."""
-    if not cfg.model.autocast_bf16 or next(model.parameters()).dtype != torch.float32:
-        return None
-    return SampleCopy(model)
-
-
-def sampling_model(st: RunState):
-    """Context manager giving the module to sample from (the bf16 copy, or the policy)."""
-    if st.sample_model is not None:
-        return st.sample_model.active(st.model)
-    return contextlib.nullcontext(st.model)
-
-
-def autocast_ctx(cfg: RunConfig):
-    if cfg.model.autocast_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    """Sampling randomness is a pure function of (seed, step), so a resumed run repeats it."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63))
-
-
-def _forward_backward(
-    st: RunState,
-    batch,
-    mu: float,
-    norm_rl,
-    norm_exp,
-    before_last_backward: Callable[[], object] | None = None,
-) -> dict[str, float]:
-    """Forward and backward over token-budget micro-batches (gradients accumulate in .grad);
-    the loss terms summed over micro-batches. `before_last_backward()` runs after the last
-    forward pass."""
-    cfg, obj = st.cfg, st.cfg.objective
-    pg_term, expert_term = get_pg_term(obj.pg_loss), get_expert_term(obj.expert_loss)
-    sums = {"loss/pg": 0.0, "loss/sft": 0.0, "loss/kl": 0.0, "loss/entropy": 0.0}
-    chunks = microbatches(batch, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
-    for i, rows in enumerate(chunks):
-        mb = batch.rows(rows)
-        with autocast_ctx(cfg):
-            logp, ent = (shared_prompt_logprobs if cfg.share_prompts else token_logprobs)(
-                st.model,
-                mb.input_ids_BT,
-                mb.attention_mask_BT,
-                mb.target_mask_BT,
-                with_entropy=obj.entropy_coef > 0,
-            )
-        adv_BT = mb.adv_B[:, None].expand_as(logp)
-        m_off = mb.source_mask("offpolicy")
-        m_rl = mb.source_mask("rollout") + m_off
-        pg_tok = pg_term(
-            logp,
-            logp.detach(),
-            adv_BT,
-            clip_low=obj.clip_low,
-            clip_high=obj.clip_high,
-            clip_ratio_c=obj.clip_ratio_c,
-        )
-        if obj.demo_in_group:
-            pg_tok = torch.where(m_off.bool(), shaped_pg(logp, adv_BT, obj.shaping_gamma), pg_tok)
-        terms = {
-            "loss/pg": aggregate(pg_tok, m_rl, norm_rl),
-            "loss/sft": aggregate(expert_term(logp), mb.source_mask("expert"), norm_exp),
-        }
-        loss = (1.0 - mu) * terms["loss/pg"] + mu * terms["loss/sft"]
-        if obj.kl_coef > 0:
-            with torch.no_grad(), autocast_ctx(cfg):
-                ref_logp, _ = token_logprobs(
-                    st.ref_model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT
-                )
-            terms["loss/kl"] = aggregate(kl_penalty(logp, ref_logp, obj.kl_type), m_rl, norm_rl)
-            loss = loss + obj.kl_coef * terms["loss/kl"]
-        if obj.entropy_coef > 0:
-            terms["loss/entropy"] = aggregate(ent, m_rl, norm_rl)
-            loss = loss - obj.entropy_coef * terms["loss/entropy"]
-        if i == len(chunks) - 1 and before_last_backward is not None:
-            before_last_backward()
-        loss.backward()
-        for k, v in terms.items():
-            sums[k] += float(v.detach())
-
-    return sums
-
-
-def train_step(st: RunState, step: int) -> dict[str, float]:
-    cfg, obj = st.cfg, st.cfg.objective
+def train_step(st: RunState, k: int) -> dict[str, float]:
     t0 = time.perf_counter()
-    mu = float(st.mu.value(step))
-    if obj.mu.kind == "stage" and step == obj.mu.switch_step:
-        if obj.mu.reset_optimizer:
-            st.optimizer.state.clear()  # the next stage starts with fresh Adam moments
-        if st.ref_model is not None:  # the RL stage's KL reference is the SFT model (ReFT)
-            st.ref_model.load_state_dict(st.model.state_dict())
-            st.extra["ref_step"] = step
-    use_rl, use_expert = mu < 1.0, mu > 0.0
-    items: list[Item] = []
-    m: dict[str, float] = {}
-
-    # 1. sample rollouts (G per prompt; LUFFY: G-1 plus the demonstration)
-    if use_rl:
-        prompts = st.train_stream.take(cfg.prompts_per_step)
-        n_roll = cfg.samples_per_prompt - (1 if obj.demo_in_group else 0)
-        ids = [st.encoder.prompt(ex) for ex in prompts for _ in range(n_roll)]
-        with sampling_model(st) as policy, autocast_ctx(cfg):
-            policy.eval()
-            out = sample(
-                policy,
-                ids,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                eos_token_ids=st.eos_ids,
-                pad_token_id=st.encoder.pad_id,
-                generator=step_generator(cfg.seed, step),
-            )
-        m["perf/sample_s"] = time.perf_counter() - t0
-        n_new = sum(len(c) for c in out.completions)
-        m["perf/sample_tokens"] = float(n_new)
-        m["perf/sample_tokens_per_s"] = n_new / max(m["perf/sample_s"], 1e-9)
-
-        # 2. score (verifier errors and timeouts are isolated and counted)
-        exs = [ex for ex in prompts for _ in range(n_roll)]
-        texts = [st.encoder.decode(c) for c in out.completions]
-        scores, counts = score_batch(st.task, exs, texts)
-        for i, (c, s) in enumerate(zip(out.completions, scores)):
-            items.append(Item(ids[i], c, "rollout", i // n_roll, s.reward, 0.0, out.finished[i]))
-        if obj.demo_in_group:
-            demo_scores, demo_counts = score_batch(
-                st.task, prompts, [ex.solution or "" for ex in prompts]
-            )
-            for g, (ex, s) in enumerate(zip(prompts, demo_scores)):
-                items.append(
-                    Item(st.encoder.prompt(ex), st.encoder.demo(ex), "offpolicy", g, s.reward)
-                )
-            m["reward/demo_mean"] = sum(s.reward for s in demo_scores) / len(demo_scores)
-        rewards = torch.tensor([s.reward for s in scores])
-        m["reward/mean"] = rewards.mean().item()
-        m["reward/std"] = rewards.std().item() if len(rewards) > 1 else 0.0
-        m["reward/errors"] = float(counts["errors"])
-        m["reward/timeouts"] = float(counts["timeouts"])
-        lens = torch.tensor([len(c) for c in out.completions], dtype=torch.float32)
-        m["rollout/len_mean"] = lens.mean().item()
-        m["rollout/finished_frac"] = sum(out.finished) / len(out.finished)
-
-        # 3. advantages over each group (mixed group for LUFFY), optional zero-variance filter
-        r_N = torch.tensor([it.reward for it in items])
-        g_N = torch.tensor([it.group for it in items])
-        adv_N = get_advantage(obj.advantage)(r_N, g_N)
-        keep = torch.ones_like(r_N, dtype=torch.bool)
-        if obj.drop_equal_groups:
-            keep = ~equal_reward_groups(r_N, g_N)
-        m["rollout/groups_all_equal"] = (
-            equal_reward_groups(r_N, g_N).float().sum().item() / cfg.samples_per_prompt
-        )
-        for it, a in zip(items, adv_N.tolist()):
-            it.advantage = a
-        items = [it for it, k in zip(items, keep.tolist()) if k]
-
-    # 4. demonstrations for the expert term
-    if use_expert and cfg.demos_per_step > 0:
-        for ex in st.demo_stream.take(cfg.demos_per_step):
-            items.append(Item(st.encoder.prompt(ex), st.encoder.demo(ex), "expert"))
-
-    m["coef/pg"] = 1.0 - mu
-    m["coef/sft"] = mu
-    m["coef/kl"] = obj.kl_coef
-    m["coef/entropy"] = obj.entropy_coef
+    stage = st.stage_at(k)
+    coefs = stage.coefs(k)
+    terms = stage.active_terms(coefs)
+    m: dict[str, float] = {f"coef/{t.name}": t.coef(coefs) for t in stage.terms.values()}
+    m |= {f"coef/{n}": v for n, v in coefs.items()}
     m["optim/lr"] = st.scheduler.get_last_lr()[0]
+
+    # 1. experience: every source an active term trains on, in order (a buffer sees the rest)
+    items: list[Item] = []
+    per_source: list[tuple[str, dict[str, float]]] = []
+    for src in stage.sources_for(terms, coefs):
+        got, sm = src.draw(_draw_env(st, stage, k, coefs, items))
+        items += got
+        per_source.append((src.name, sm))
+    m |= _merge_source_metrics(per_source)
+    items, fm = apply_filters(stage.filters, items)
+    m |= fm
     t1 = time.perf_counter()
-    if not items:  # every group was dropped: nothing to learn from this batch
-        st.scheduler.step()
-        st.mu.update(step, m)
-        m["perf/step_s"] = time.perf_counter() - t0
-        return m
 
-    # 5. forward/backward over token-budget micro-batches; normalizers use the whole batch
-    batch = collate(items, st.encoder.pad_id)
-    m_rl_all = batch.source_mask("rollout", "offpolicy")
-    m_exp_all = batch.source_mask("expert")
-    const_len = obj.agg_const_len or cfg.max_new_tokens
-    norm_rl = make_normalizer(m_rl_all, obj.agg, const_len)
-    norm_exp = make_normalizer(m_exp_all, obj.expert_agg)
-    st.model.train()
-    st.optimizer.zero_grad(set_to_none=True)
-    with contextlib.ExitStack() as shared_casts:
-        if st.sample_model is not None and use_rl:
-            # The training forward reuses the bf16 copy this step's sampling just refreshed.
-            # Steps that did not sample (SFT) let autocast cast: refreshing the whole copy for
-            # them was slower (SFT bf16 2.5 -> 3.4 s/step, docs/LOG.md). After the last forward
-            # the copy is let go: the autograd graph holds the only references, so each layer's
-            # bf16 weights are freed as the backward pass leaves it (lower peak, docs/LOG.md).
-            shared_casts.enter_context(bf16_weights(st.sample_model.pairs(st.model)))
-            shared_casts.callback(st.sample_model.release)
-        sums = _forward_backward(st, batch, mu, norm_rl, norm_exp, shared_casts.close)
+    # 2. tensors; what the terms need, filled once; advantages
+    plan = _update_plan(stage, terms, items)
+    if plan:
+        batch = st.backend.collate(items)
+        needs = stage.needs([t for phase in plan for t in phase[0]])
+        _fill_needs(st, batch, plan, needs)
+        if "adv" in needs:
+            _set_advantages(stage, batch)
 
-    # 6. optimizer step, schedule, controller
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    gnorm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), clip)
-    st.optimizer.step()
-    st.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next sampling
+        # 3. updates: each phase's terms, epochs x mini-batches, one optimizer step each
+        stats: dict[str, list[float]] = defaultdict(list)
+        n_upd = 0
+        for phase_terms, phase in plan:
+            rows = _rows_of(batch, phase_terms)
+            sub = batch.rows(rows)
+            opt = st.optimizers.get(phase.optimizer, st.optimizer)
+            for epoch in range(phase.epochs):
+                gen = step_generator(st.cfg.seed, k, salt=7 + 31 * epoch)
+                parts = minibatches(sub, phase.minibatches, gen) if phase.minibatches > 1 else None
+                for part in parts or [list(range(sub.size))]:
+                    um = _update(st, stage, sub.rows(part), phase_terms, coefs, opt, n_upd == 0)
+                    for key, v in um.items():
+                        stats[key].append(v)
+                    n_upd += 1
+        m |= {key: sum(v) / len(v) for key, v in stats.items()}
+        m["optim/updates"] = float(n_upd)
+        m["loss/total"] = sum(
+            m[f"coef/{t.name}"] * m[f"loss/{t.name}"] for t in terms if f"loss/{t.name}" in m
+        )
+        m |= _batch_metrics(st, batch, items)
+        m["perf/train_s"] = time.perf_counter() - t1
+        m["perf/tokens_per_s"] = float(batch.attention_mask_BT.sum()) / max(m["perf/train_s"], 1e-9)
     st.scheduler.step()
-    m.update(sums)
-    m["loss/total"] = (
-        (1 - mu) * sums["loss/pg"]
-        + mu * sums["loss/sft"]
-        + obj.kl_coef * sums["loss/kl"]
-        - obj.entropy_coef * sums["loss/entropy"]
-    )
-    m["optim/grad_norm"] = float(gnorm)
-    st.mu.update(step, m)
 
-    # 7. metrics
-    n_tok = int(batch.attention_mask_BT.sum())
-    if cfg.share_prompts:  # tokens the model ran (about): each distinct prompt once
+    # 4. controllers read the step's statistics (per-term gradient norms when they asked)
+    for name, ctl in stage.controllers.items():
+        ctl.update(k - stage.start, m)
+        m |= {f"ctl/{name}/{key}": v for key, v in ctl.metrics().items()}
+    m["perf/step_s"] = time.perf_counter() - t0
+    return m
+
+
+# ------------------------------------------------------------------------------ experience
+
+
+def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]) -> DrawEnv:
+    sizes = stage.sizes
+
+    def generate(prompts, *, call: int, max_new_tokens: int, temperature: float, model="policy"):
+        return st.backend.generate(
+            prompts,
+            generator=step_generator(st.cfg.seed, k, salt=call),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=sizes.top_p,
+            model=st.reference if model == "reference" else None,
+        )
+
+    return DrawEnv(
+        step=k,
+        sizes=sizes,
+        encoder=st.encoder,
+        task=st.task,
+        coefs=coefs,
+        items=items,
+        generate=generate,
+        score=lambda exs, texts: score_batch(st.task, exs, texts),
+    )
+
+
+def _merge_source_metrics(per_source: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
+    """Sources' metrics keep their names; a name two sources report is prefixed by source."""
+    count: dict[str, int] = defaultdict(int)
+    for _, sm in per_source:
+        for key in sm:
+            count[key] += 1
+    out: dict[str, float] = {}
+    for name, sm in per_source:
+        for key, v in sm.items():
+            out[key if count[key] == 1 else f"{name}/{key}"] = v
+    return out
+
+
+def _update_plan(stage: Stage, terms: list[Term], items: list[Item]):
+    """[(terms, phase)] for the phases that have active terms with items this step."""
+    have = {it.source for it in items}
+    plan = []
+    for phase in stage.updates:
+        ts = [t for t in terms if (phase.terms is None or t.name in phase.terms)]
+        ts = [t for t in ts if any(s in have for s in t.sources)]
+        if ts:
+            plan.append((ts, phase))
+    return plan
+
+
+def _rows_of(batch: Batch, terms: list[Term]) -> list[int]:
+    srcs = {s for t in terms for s in t.sources}
+    return [i for i, s in enumerate(batch.source_B) if s in srcs]
+
+
+# ------------------------------------------------------------------------------------ needs
+
+
+def _fill_needs(st: RunState, batch: Batch, plan, needs: set[str]) -> None:
+    """Once per batch, for the rows of the terms that ask: the reference's log-probs, and the
+    policy's (and the value head's) before the first update when a later update needs them
+    (or the advantage estimator does)."""
+    later: list[Term] = []  # terms trained in an update after the first one
+    first = True
+    for ts, phase in plan:
+        for _ in range(phase.epochs * phase.minibatches):
+            if not first:
+                later += ts
+            first = False
+    rows = _rows_of(batch, [t for ts, _ in plan for t in ts])
+    if "old_logp" in {x for t in later for x in t.needs} or "old_values" in needs:
+        vals = "old_values_BT" if "old_values" in needs else None
+        with torch.no_grad(), st.backend.casts():
+            _no_grad_fill(st, batch, st.model, rows, "old_logp_BT", vals)
+    if "ref_logp" in needs:
+        with torch.no_grad():
+            _no_grad_fill(st, batch, st.reference, rows, "ref_logp_BT")
+
+
+def _no_grad_fill(
+    st: RunState, batch: Batch, model, rows: list[int], key: str, values: str | None = None
+) -> None:
+    """batch.needs[key] (and [values]): the model's log-probs (values) on these rows, 0 else."""
+    logp = torch.zeros_like(batch.target_mask_BT)
+    vals = torch.zeros_like(batch.target_mask_BT)
+    sub = batch.rows(rows)
+    vh = st.value_head if values else None
+    for idx in microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts):
+        mb = sub.rows(idx)
+        out = st.backend.forward(model, mb, value_head=vh)
+        t = mb.input_ids_BT.shape[1]
+        sel = torch.tensor([rows[i] for i in idx], device=batch.device)
+        logp[sel, :t] = out.logp.detach()
+        if values:
+            vals[sel, :t] = out.values.detach()
+    batch.needs[key] = logp
+    if values:
+        batch.needs[values] = vals
+
+
+def _set_advantages(stage: Stage, batch: Batch) -> None:
+    """The estimator's advantages on the trained tokens of scored rows; rows with precomputed
+    advantages (an item's own) and unscored rows keep theirs."""
+    n = batch.needs
+    x = AdvantageInputs(
+        reward_B=batch.reward_B,
+        group_B=batch.group_B,
+        mask_BT=batch.target_mask_BT,
+        values_BT=n.get("old_values_BT"),
+        old_logp_BT=n.get("old_logp_BT"),
+        ref_logp_BT=n.get("ref_logp_BT"),
+    )
+    adv = estimate(stage.advantage, x)
+    scored = (~torch.isnan(batch.reward_B))[:, None]
+    batch.adv_BT = torch.where(scored, adv.adv_BT.to(batch.adv_BT.dtype), batch.adv_BT)
+    if adv.returns_BT is not None:
+        n["returns_BT"] = adv.returns_BT
+
+
+# ---------------------------------------------------------------------------------- updates
+
+
+def _normalizer(batch: Batch, t: Term, const_len: int) -> Normalizer:
+    mask = batch.mask(t.sources, t.roles, t.spec.rows)
+    if t.kind.level == "pair":
+        pairs = batch.pair_B[mask.bool().any(1) & (batch.pair_B >= 0)]
+        n_pairs = float(torch.unique(pairs).numel())
+        return Normalizer("token-mean", n_tokens=n_pairs, n_seqs=n_pairs, const_len=1.0)
+    return make_normalizer(mask, t.spec.agg, t.spec.const_len or const_len)
+
+
+def _update(
+    st: RunState,
+    stage: Stage,
+    batch: Batch,
+    terms: list[Term],
+    coefs: dict[str, float],
+    opt: torch.optim.Optimizer,
+    first: bool,
+) -> dict[str, float]:
+    """One optimizer update on `batch` over `terms`: normalizers on the whole batch, forward and
+    backward per micro-batch (gradients accumulate), clip, step."""
+    cfg = st.cfg
+    norms = {t.name: _normalizer(batch, t, stage.sizes.max_new_tokens) for t in terms}
+    measure = [t for t in terms if t.name in stage.grad_norm_terms]
+    groups = [[t] for t in terms] if measure else [terms]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    out_m: dict[str, float] = defaultdict(float)
+    stat_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    mismatch = [0.0, 0.0]
+    st.model.train()
+    opt.zero_grad(set_to_none=True)
+    with st.backend.update() as casts:
+        for gi, group in enumerate(groups):
+            sub = batch.rows(_rows_of(batch, group))
+            chunks = microbatches(sub, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
+            prev = _stash_grads(params) if measure else None
+            wants = {x for t in group for x in t.needs}
+            for ci, idx in enumerate(chunks):
+                mb = sub.rows(idx)
+                out = st.backend.forward(
+                    st.model,
+                    mb,
+                    with_entropy="entropy" in wants,
+                    value_head=st.value_head if "values" in wants else None,
+                )
+                loss = None
+                for t in group:
+                    value, stats = _term_value(t, out, mb, norms[t.name])
+                    c = t.coef(coefs)
+                    loss = c * value if loss is None else loss + c * value
+                    out_m[f"loss/{t.name}"] += float(value.detach())
+                    for key, (s, n) in stats.items():
+                        acc = stat_sums[f"{t.name}/{key}"]
+                        acc[0] += s
+                        acc[1] += n
+                if first:
+                    bm = mb.behav_mask_BT
+                    mismatch[0] += float(((out.logp.detach() - mb.behav_logp_BT).abs() * bm).sum())
+                    mismatch[1] += float(bm.sum())
+                if gi == len(groups) - 1 and ci == len(chunks) - 1:
+                    casts.close()  # before the last backward: let the shared bf16 weights go
+                loss.backward()
+            if measure:
+                c = abs(group[0].coef(coefs)) or 1.0
+                out_m[f"grad_norm/{group[0].name}"] = _merge_grads(params, prev) / c
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)  # free the gradients before the next sampling
+    st.backend.weights_changed()
+    out_m["optim/grad_norm"] = float(gnorm)
+    for key, (s, n) in stat_sums.items():
+        out_m[key] = s / n if n else 0.0
+    if first and mismatch[1]:
+        out_m["rollout/logp_mismatch"] = mismatch[0] / mismatch[1]
+    return dict(out_m)
+
+
+def _term_value(t: Term, out, mb: Batch, norm: Normalizer):
+    """The term's contribution from this micro-batch (a scalar) and its statistics as
+    {name: (sum, count)}."""
+    mask = mb.mask(t.sources, t.roles, t.spec.rows)
+    n = mb.needs
+    if t.kind.level == "token":
+        x = TokenInputs(
+            logp=out.logp,
+            old_logp=n["old_logp_BT"] if "old_logp_BT" in n else out.logp.detach(),
+            adv=mb.adv_BT,
+            role=mb.role_BT,
+            ref_logp=n.get("ref_logp_BT"),
+            entropy=out.entropy,
+            values=out.values,
+            old_values=n.get("old_values_BT"),
+            returns=n.get("returns_BT"),
+        )
+        res = t.kind.fn(x, **t.params)
+        loss_BT, stats = res if isinstance(res, tuple) else (res, {})
+        value = aggregate(loss_BT * mb.weight_B[:, None], mask, norm)
+        cnt = float(mask.sum())
+        return value, {k: (float((v * mask).sum()), cnt) for k, v in stats.items()}
+    # pair term: sequence scores of the chosen and rejected row of each pair
+    seq_B = (out.logp * mask).sum(1)
+    len_B = mask.sum(1)
+    ref_B = (n["ref_logp_BT"] * mask).sum(1) if "ref_logp_BT" in n else None
+    w_P, l_P = _pair_rows(mb, mask)
+    if not len(w_P):
+        return out.logp.sum() * 0.0, {}
+    x = PairInputs(
+        logp_w=seq_B[w_P],
+        logp_l=seq_B[l_P],
+        len_w=len_B[w_P],
+        len_l=len_B[l_P],
+        ref_w=ref_B[w_P] if ref_B is not None else None,
+        ref_l=ref_B[l_P] if ref_B is not None else None,
+    )
+    loss_P, stats = t.kind.fn(x, **t.params)
+    value = (loss_P * mb.weight_B[w_P]).sum() / max(norm.n_seqs, 1.0)
+    stats = {**stats, "accuracy": (stats["margin"] > 0).float()} if "margin" in stats else stats
+    return value, {k: (float(v.sum()), float(len(w_P))) for k, v in stats.items()}
+
+
+def _pair_rows(mb: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of the chosen and the rejected side of each pair in `mb` (both in `mask`)."""
+    has = mask.bool().any(1) & (mb.pair_B >= 0)
+    chosen, rejected = {}, {}
+    for i in has.nonzero().squeeze(1).tolist():
+        (chosen if bool(mb.chosen_B[i]) else rejected)[int(mb.pair_B[i])] = i
+    both = [p for p in chosen if p in rejected]
+    dev = mb.device
+    w_P = torch.tensor([chosen[p] for p in both], dtype=torch.long, device=dev)
+    return w_P, torch.tensor([rejected[p] for p in both], dtype=torch.long, device=dev)
+
+
+def _stash_grads(params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Take the accumulated gradients out (so the next backward holds one term's gradient)."""
+    prev = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return prev
+
+
+def _merge_grads(params: list[torch.Tensor], prev: list[torch.Tensor | None]) -> float:
+    """The norm of the gradient just accumulated, then add back the stashed ones."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = (
+        float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
+        if grads
+        else 0.0
+    )
+    for p, g in zip(params, prev):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad.add_(g)
+    return norm if math.isfinite(norm) else float("nan")
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def _batch_metrics(st: RunState, batch: Batch, items: list[Item]) -> dict[str, float]:
+    n_pad = int(batch.attention_mask_BT.sum())
+    if st.cfg.share_prompts:  # tokens the model ran (about): each distinct prompt once
         prompts = {tuple(it.prompt_ids) for it in items}
         n_run = sum(map(len, prompts)) + sum(len(it.completion_ids) for it in items)
     else:
-        n_run = n_tok
-    m["perf/train_tokens"] = float(n_run)
-    m["perf/target_tokens"] = float(batch.target_mask_BT.sum())
-    m["rollout/items"] = float(sum(it.source != "expert" for it in items))
-    m["rollout/expert_items"] = float(sum(it.source == "expert" for it in items))
-    m["perf/train_s"] = time.perf_counter() - t1
-    m["perf/step_s"] = time.perf_counter() - t0
-    m["perf/tokens_per_s"] = n_tok / max(m["perf/train_s"], 1e-9)
-    return m
+        n_run = n_pad
+    return {
+        "perf/train_tokens": float(n_run),
+        "perf/target_tokens": float(batch.target_mask_BT.sum()),
+        "rollout/items": float(sum(it.reward is not None for it in items)),
+        "rollout/trained_items": float(len(items)),
+    }
+
+
+__all__ = ["RunState", "train_step"]

@@ -1,0 +1,335 @@
+"""The term catalogue: every kind of loss term a method can put in its objective (`TERMS`).
+
+A method's objective is a sum of named terms, each with its own coefficient and its own
+normalizer (ALGORITHMS.md §1):
+
+    L = Σ_terms coef_term(k) · AGG_term(w_item · ℓ_term)
+
+A term kind is registered with its spec (the settings it takes from the config, documented
+once), its level and what it needs the step to compute:
+
+- **token** terms map (B, T) tensors to a per-token loss (B, T) that `aggregate` masks and
+  normalizes (`agg`, counted once on the whole batch): pg, nll, dft, chord_phi, kl, entropy,
+  value.
+- **pair** terms map per-pair sequence scores (P,) to a per-pair loss, averaged over the pairs
+  of the whole batch: dpo, ipo, simpo, orpo.
+
+Needs (`NEEDS`) are filled once per batch and only when an active term asks: ``old_logp``
+(the policy before the update: a no-grad forward when the batch gets several updates, else
+the current log-probs detached, ratio 1), ``ref_logp`` (the reference model), ``entropy``,
+``values``/``old_values``/``returns`` (the value head and the advantage estimator), ``adv``
+(an advantage estimator must be configured).
+
+Every term reads its tokens through `mask` (its sources, roles and pair side); the math itself
+is in the pure functions of `tandem.algo.terms`, `.preference` and `.value`, which the adapters
+below call with explicit scalars. A term may also return per-token or per-pair statistics that
+the step logs as ``<term>/<stat>`` (the PG clip fraction, the pairs' margin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from tandem.algo import preference, value
+from tandem.algo.aggregate import AGG_MODES
+from tandem.algo.terms import (
+    KL_ESTIMATORS,
+    chord_phi_nll,
+    clipped_pg,
+    dft_nll,
+    kl_penalty,
+    nll,
+    shaped_pg,
+    unclipped_pg,
+)
+from tandem.experience import ROLE_ID, ROLES
+from tandem.registry import Registry, Spec
+
+NEEDS = ("old_logp", "ref_logp", "entropy", "values", "old_values", "returns", "adv")
+
+Role = Literal[ROLES]  # type: ignore[valid-type]
+AggMode = Literal[AGG_MODES]  # type: ignore[valid-type]
+KlEstimator = Literal[tuple(KL_ESTIMATORS)]  # type: ignore[valid-type]
+
+
+@dataclass
+class TokenInputs:
+    """What a token term may read, all (B, T) over one micro-batch (None when not computed)."""
+
+    logp: Tensor
+    """log π_θ(y_t | s_t), with grad."""
+    old_logp: Tensor
+    """log π_old, no grad (the policy before this batch's first update)."""
+    adv: Tensor
+    role: Tensor
+    """Role id of each token (`tandem.experience.ROLE_ID`)."""
+    ref_logp: Tensor | None = None
+    entropy: Tensor | None = None
+    values: Tensor | None = None
+    old_values: Tensor | None = None
+    returns: Tensor | None = None
+
+
+@dataclass
+class PairInputs:
+    """Sequence scores of the pairs of one micro-batch: sums of the term's token log-probs of
+    the chosen (w) and rejected (l) row of each pair, their token counts, and the reference's
+    sums (None without a reference). All (P,)."""
+
+    logp_w: Tensor
+    logp_l: Tensor
+    len_w: Tensor
+    len_l: Tensor
+    ref_w: Tensor | None = None
+    ref_l: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TermKind:
+    fn: Callable[..., Tensor | tuple[Tensor, dict[str, Tensor]]]
+    level: Literal["token", "pair"]
+    needs: frozenset[str]
+
+
+class TermSpec(Spec):
+    """Settings every term has."""
+
+    sources: list[str] = Field(min_length=1)
+    """Names of the sources whose items this term trains on (a single name is short for a
+    list of one)."""
+    coef: float | str = Field(1.0, json_schema_extra={"ref": "controller"})
+    """Its coefficient: a number, the name of a controller (`controllers:`), or `1-<name>`."""
+    roles: list[Role] | None = None
+    """Token roles it trains on (default: the trained roles sampled, demo, prefix)."""
+    rows: Literal["all", "chosen", "rejected"] = "all"
+    """Which rows of its sources: all, or one side of the preference pairs."""
+
+
+class TokenTermSpec(TermSpec):
+    agg: AggMode = "token-mean"
+    """How its per-token losses are normalized (`tandem.algo.aggregate`)."""
+    const_len: int | None = Field(None, ge=1)
+    """The constant length of `seq-mean-token-sum-norm`; default: max_new_tokens."""
+
+
+TERMS: Registry[TermKind] = Registry("term")
+
+_COMMON = set(TokenTermSpec.model_fields) | {"kind"}
+
+
+def params_of(spec: Spec) -> dict:
+    """A spec's kind-specific settings (what the term's function takes as keyword arguments)."""
+    return {k: v for k, v in spec.model_dump().items() if k not in _COMMON}
+
+
+def _term(name: str, spec: type[Spec], level: str, needs: tuple[str, ...], summary: str):
+    def deco(fn):
+        TERMS.add(name, TermKind(fn, level, frozenset(needs)), spec, summary)
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------------------ token terms
+
+
+class PgSpec(TokenTermSpec):
+    """Policy gradient on sampled tokens, with the demonstration and prefix tokens of the same
+    items (LUFFY, Prefix-RFT) handled by `off_policy`."""
+
+    clip: bool = True
+    """PPO clip (GRPO, DAPO); false: the unclipped importance-weighted term −A·ρ (LUFFY)."""
+    clip_low: float = Field(0.2, ge=0.0)
+    clip_high: float = Field(0.2, ge=0.0)
+    """Clip range [1 − clip_low, 1 + clip_high]; DAPO's clip-higher uses 0.28."""
+    clip_ratio_c: float | None = 3.0
+    """Dual-clip bound for negative advantages (verl default 3.0); null disables it."""
+    off_policy: Literal["ratio", "shaped"] = "ratio"
+    """Demonstration and prefix tokens: `ratio` = the same term as sampled tokens (ratio to
+    the policy before the update, Prefix-RFT as coded); `shaped` = LUFFY's policy shaping
+    −A·p/(p + shaping_gamma) with no clip."""
+    shaping_gamma: float = Field(0.1, gt=0.0)
+    prefix_entropy_keep: float = Field(1.0, gt=0.0, le=1.0)
+    """Prefix-RFT: only this fraction of each row's prefix tokens, those of highest entropy,
+    keep their advantage (the paper keeps 0.2); 1.0 keeps all."""
+
+    def extra_needs(self) -> set[str]:
+        return {"entropy"} if self.prefix_entropy_keep < 1.0 else set()
+
+
+def _keep_high_entropy(mask_BT: Tensor, entropy_BT: Tensor, keep: float) -> Tensor:
+    """Per row, 1 on the ceil(keep · n) highest-entropy entries of `mask_BT` (n = its count)."""
+    ent = torch.where(mask_BT, entropy_BT.detach(), torch.full_like(entropy_BT, -torch.inf))
+    n_B = mask_BT.sum(1)
+    k_B = torch.ceil(n_B.double() * keep).long()
+    rank_BT = ent.argsort(1, descending=True).argsort(1)
+    return mask_BT & (rank_BT < k_B[:, None])
+
+
+@_term("pg", PgSpec, "token", ("old_logp", "adv"), "policy gradient (PPO clip or unclipped)")
+def _pg(
+    x: TokenInputs,
+    *,
+    clip: bool,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float | None,
+    off_policy: str,
+    shaping_gamma: float,
+    prefix_entropy_keep: float,
+):
+    adv = x.adv
+    if prefix_entropy_keep < 1.0:  # Prefix-RFT: low-entropy prefix tokens get no advantage
+        prefix = x.role == ROLE_ID["prefix"]
+        keep = _keep_high_entropy(prefix, x.entropy, prefix_entropy_keep)
+        adv = torch.where(prefix & ~keep, torch.zeros_like(adv), adv)
+    if clip:
+        loss = clipped_pg(x.logp, x.old_logp, adv, clip_low, clip_high, clip_ratio_c)
+        ratio = torch.exp(x.logp.detach() - x.old_logp)
+        clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
+    else:
+        loss = unclipped_pg(x.logp, x.old_logp, adv)
+        clipped = torch.zeros_like(loss, dtype=torch.bool)
+    if off_policy == "shaped":
+        off = (x.role == ROLE_ID["demo"]) | (x.role == ROLE_ID["prefix"])
+        loss = torch.where(off, shaped_pg(x.logp, adv, shaping_gamma), loss)
+    return loss, {"clip_frac": clipped.float()}
+
+
+class NllSpec(TokenTermSpec):
+    """Token log-likelihood of the term's tokens (SFT)."""
+
+
+@_term("nll", NllSpec, "token", (), "negative log-likelihood (SFT)")
+def _nll(x: TokenInputs):
+    return nll(x.logp)
+
+
+@_term("dft", NllSpec, "token", (), "DFT: −sg(p)·log p (arXiv 2508.05629)")
+def _dft(x: TokenInputs):
+    return dft_nll(x.logp)
+
+
+@_term("chord_phi", NllSpec, "token", (), "CHORD-φ: −sg(p(1−p))·log p (arXiv 2508.11408)")
+def _chord_phi(x: TokenInputs):
+    return chord_phi_nll(x.logp)
+
+
+class KlSpec(TokenTermSpec):
+    """KL(π_θ ‖ π_ref) estimated from the sampled token, in the loss (GRPO style)."""
+
+    estimator: KlEstimator = "k3"
+    """k1, k2, k3 (low-variance), or straight-through k1+ / k3+ (`tandem.algo.terms`)."""
+
+
+@_term("kl", KlSpec, "token", ("ref_logp",), "KL to the reference model (k1/k2/k3/k1+/k3+)")
+def _kl(x: TokenInputs, *, estimator: str):
+    return kl_penalty(x.logp, x.ref_logp, estimator)
+
+
+class EntropySpec(TokenTermSpec):
+    """Entropy bonus: the term is −H(π_θ(·|s_t)), so a positive coefficient raises entropy.
+    Logged `loss/<name>` is therefore minus the mean entropy."""
+
+
+@_term("entropy", EntropySpec, "token", ("entropy",), "entropy bonus (−H)")
+def _entropy(x: TokenInputs):
+    return -x.entropy
+
+
+class ValueSpec(TokenTermSpec):
+    """PPO's value loss on the value head's estimates (ReFT, PPO)."""
+
+    clip: float | None = Field(0.2, gt=0.0)
+    """Value clipping range around the old values (ReFT 0.2); null: no clipping."""
+
+
+@_term(
+    "value",
+    ValueSpec,
+    "token",
+    ("values", "old_values", "returns"),
+    "clipped value loss ½·max((V−R)², (clip(V)−R)²)",
+)
+def _value(x: TokenInputs, *, clip: float | None):
+    return value.clipped_value_loss(x.values, x.old_values, x.returns, clip)
+
+
+# ------------------------------------------------------------------------------- pair terms
+
+
+class DpoSpec(TermSpec):
+    """DPO on preference pairs (also SPIN's loss, with the previous iterate as reference)."""
+
+    beta: float = Field(0.1, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+
+
+@_term("dpo", DpoSpec, "pair", ("ref_logp",), "DPO: −log σ(β(Δ_w − Δ_l)) (arXiv 2305.18290)")
+def _dpo(x: PairInputs, *, beta: float, label_smoothing: float):
+    loss, margin = preference.dpo(x.logp_w, x.logp_l, x.ref_w, x.ref_l, beta, label_smoothing)
+    return loss, {"margin": margin}
+
+
+class IpoSpec(TermSpec):
+    """IPO on preference pairs, length-averaged log-ratios."""
+
+    beta: float = Field(0.1, gt=0.0)
+
+
+@_term("ipo", IpoSpec, "pair", ("ref_logp",), "IPO: ((Δ_w/|y_w| − Δ_l/|y_l|) − 1/2β)²")
+def _ipo(x: PairInputs, *, beta: float):
+    loss, margin = preference.ipo(x.logp_w, x.logp_l, x.ref_w, x.ref_l, x.len_w, x.len_l, beta)
+    return loss, {"margin": margin}
+
+
+class SimpoSpec(TermSpec):
+    """SimPO on preference pairs: average log-probs, no reference model."""
+
+    beta: float = Field(2.0, gt=0.0)
+    gamma: float = 0.5
+    """Absolute target margin γ (TRL's simpo_gamma)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+
+
+@_term("simpo", SimpoSpec, "pair", (), "SimPO: −log σ(β·avg_w − β·avg_l − γ), no reference")
+def _simpo(x: PairInputs, *, beta: float, gamma: float, label_smoothing: float):
+    loss, margin = preference.simpo(
+        x.logp_w, x.logp_l, x.len_w, x.len_l, beta, gamma, label_smoothing
+    )
+    return loss, {"margin": margin}
+
+
+class OrpoSpec(TermSpec):
+    """ORPO's odds-ratio term; its coefficient is ORPO's λ (pair it with an `nll` term on the
+    chosen rows)."""
+
+
+@_term("orpo", OrpoSpec, "pair", (), "ORPO odds ratio: −log σ(log-odds_w − log-odds_l)")
+def _orpo(x: PairInputs):
+    loss, margin = preference.orpo_odds(x.logp_w, x.logp_l, x.len_w, x.len_l)
+    return loss, {"margin": margin}
+
+
+def term_needs(spec: TermSpec) -> frozenset[str]:
+    """What a term needs the step to compute, given its settings."""
+    return TERMS.get(spec.kind).needs | spec.extra_needs()  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "NEEDS",
+    "TERMS",
+    "PairInputs",
+    "TermKind",
+    "TermSpec",
+    "TokenInputs",
+    "TokenTermSpec",
+    "params_of",
+    "term_needs",
+]
