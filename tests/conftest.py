@@ -19,6 +19,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY = [
     "model.name=tiny",
+    "model.device=cpu",  # on a GPU machine too (tests/test_devices.py covers the other devices)
     "task.name=add",
     "task.params.style=plain",
     "task.params.digits=1",
@@ -65,3 +66,25 @@ def train_accuracy(model_dir: Path | str, n: int = 64) -> float:
         st.model, st.encoder, st.task, exs, max_new_tokens=4, eos_token_ids=st.backend.eos_ids
     )
     return out["eval/accuracy"]
+
+
+def pair_margin(model_dir: Path | str, n: int = 64) -> float:
+    """Mean log π(gold) − log π(first wrong answer), summed over each response's tokens, on the
+    first n training prompts: how much the model prefers the chosen side of the task's pairs."""
+    from tandem.experience import Item, collate
+    from tandem.model.logprobs import token_logprobs
+    from tandem.train.loop import build_state
+
+    st = build_state(tiny_config(Path("unused"), f"model.name={model_dir}"))
+    exs = [ex for ex in st.task.examples("train", n, seed=0) if ex.wrong]
+    enc = st.encoder
+    items = [
+        Item.of(enc.prompt(ex), side, "demo", "pairs")
+        for ex in exs
+        for side in (enc.demo(ex), enc.text(ex.wrong[0]))
+    ]
+    b = collate(items, enc.pad_id)
+    with torch.no_grad():
+        logp = token_logprobs(st.model, b.input_ids_BT, b.attention_mask_BT, b.target_mask_BT).logp
+    seq = logp.sum(1)
+    return float((seq[0::2] - seq[1::2]).mean())

@@ -111,3 +111,11 @@ def test_every_bundled_recipe_resolves():
     for name, path in bundled_recipes().items():
         cfg = load_config(path)
         assert cfg.stage_list(), name
+
+
+def test_every_preset_has_a_bundled_recipe():
+    from tandem.cli import bundled_recipes
+    from tandem.methods import PRESETS
+
+    methods = {load_config(path).method for path in bundled_recipes().values()}
+    assert set(PRESETS) <= methods, sorted(set(PRESETS) - methods)

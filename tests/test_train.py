@@ -25,28 +25,103 @@ PRESET_ARGS = {
     "sft_then_grpo": ["stages.sft.steps=1"],
     "chord": ["objective.controllers.mu.warmup_steps=1", "objective.controllers.mu.decay_steps=4"],
     "luffy": [],
+    "prefix_rft": [],
+    "relift": ["objective.sources.buffer.size=1"],
+    "sasr": ["objective.controllers.sft_step.warmup_steps=1"],
+    "ppo": [],
+    "reft": ["stages.sft.steps=1"],
+    "dpo": [],
+    "ipo": [],
+    "simpo": [],
+    "orpo": [],
+    "spin": ["stages.iteration.steps=1"],
+    "rft": [],
+    "star": [],
 }
 
-# First three values of loss/total (and reward/mean for RL steps) for each preset, starting from
-# the warm tiny model with seed 0. Regenerate with `python -m tests.test_train` after an
+# First three values of loss/total and optim/grad_norm (and reward/mean for steps that sample)
+# for each preset, starting from the warm tiny model with seed 0: the gradient norm pins the
+# gradient, not only the samples (a ratio-1 policy-gradient loss is just -mean(A)). Regenerate with `python -m tests.test_train` after an
 # intentional change of the math, and say why in the commit.
 GOLDEN = {
     "chord": {
         "loss/total": [-0.004798, 0.041939, 0.043612],
+        "optim/grad_norm": [1.334971, 1.393765, 2.493857],
         "reward/mean": [0.265625, 0.203125, 0.203125],
+    },
+    "dpo": {
+        "loss/total": [0.693147, 0.678374, 0.692639],
+        "optim/grad_norm": [1.235351, 1.155926, 0.631445],
     },
     "grpo": {
         "loss/total": [-0.004798, -0.015514, -0.0],
+        "optim/grad_norm": [1.334971, 2.060249, 3.526281],
         "reward/mean": [0.265625, 0.203125, 0.21875],
+    },
+    "ipo": {
+        "loss/total": [25.0, 24.032528, 24.900396],
+        "optim/grad_norm": [92.748466, 68.033066, 56.316971],
     },
     "luffy": {
         "loss/total": [0.01172, 0.010767, 0.008199],
+        "optim/grad_norm": [0.422704, 0.254038, 0.409106],
         "reward/mean": [0.267857, 0.089286, 0.214286],
     },
-    "sft": {"loss/total": [0.647195, 0.623502, 0.581151]},
+    "orpo": {
+        "loss/total": [0.709539, 0.687092, 0.625362],
+        "optim/grad_norm": [4.450624, 6.495721, 2.468227],
+    },
+    "ppo": {
+        "loss/total": [0.079607, 0.124467, -0.007437],
+        "optim/grad_norm": [3.739077, 3.608715, 2.452549],
+        "reward/mean": [0.265625, 0.28125, 0.21875],
+    },
+    "prefix_rft": {
+        "loss/total": [0.027048, 0.010883, 0.012293],
+        "optim/grad_norm": [0.755484, 0.382231, 1.322835],
+        "reward/mean": [0.359375, 0.25, 0.296875],
+    },
+    "reft": {
+        "loss/total": [0.647195, 0.590434, 0.477425],
+        "optim/grad_norm": [2.91596, 8.887285, 6.85243],
+        "reward/mean": [None, 0.339063, 0.310938],
+    },
+    "relift": {
+        "loss/total": [1.056171, 0.370838, 0.002397],
+        "optim/grad_norm": [10.46171, 1.281399, 0.762872],
+        "reward/mean": [0.265625, 0.25, 0.234375],
+    },
+    "rft": {
+        "loss/total": [0.624337, 0.624185, 0.581117],
+        "optim/grad_norm": [2.432158, 4.676655, 1.217879],
+        "reward/mean": [0.3125, 0.234375, 0.296875],
+    },
+    "sasr": {
+        "loss/total": [0.647195, 0.623502, 0.003828],
+        "optim/grad_norm": [2.91596, 3.586975, 3.453914],
+        "reward/mean": [None, None, 0.265625],
+    },
+    "sft": {
+        "loss/total": [0.647195, 0.623502, 0.581151],
+        "optim/grad_norm": [2.91596, 3.586975, 1.702341],
+    },
     "sft_then_grpo": {
         "loss/total": [0.647195, 0.010453, 0.010203],
+        "optim/grad_norm": [2.91596, 2.159958, 2.181681],
         "reward/mean": [None, 0.265625, 0.234375],
+    },
+    "simpo": {
+        "loss/total": [0.445871, 0.592313, 0.655237],
+        "optim/grad_norm": [3.907514, 2.390324, 4.480854],
+    },
+    "spin": {
+        "loss/total": [0.693147, 0.693147, 0.693147],
+        "optim/grad_norm": [0.801357, 1.577355, 0.771453],
+    },
+    "star": {
+        "loss/total": [0.535571, 0.593938, 0.624605],
+        "optim/grad_norm": [1.763985, 2.820081, 3.991201],
+        "reward/mean": [0.265625, 0.265625, 0.234375],
     },
 }
 
@@ -105,8 +180,13 @@ def test_step_gradient_does_not_depend_on_microbatch_size(method, warm_tiny, tmp
     torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-6)
 
 
-def test_resume_gives_the_same_metrics(warm_tiny, tmp_path):
-    args = ["method=chord", f"model.name={warm_tiny}", "eval.every=2", *PRESET_ARGS["chord"]]
+@pytest.mark.parametrize("method", ["chord", "relift", "sasr", "ppo", "spin"])
+def test_resume_gives_the_same_metrics(method, warm_tiny, tmp_path):
+    """Stop after 2 steps, resume to 4: the same metrics and final weights, bitwise. Covers a
+    controller's schedule (chord), a buffer and a second optimizer (relift), a controller that
+    reads gradient norms (sasr), a value head with several updates (ppo), and stages with a
+    moving reference (spin)."""
+    args = [f"method={method}", f"model.name={warm_tiny}", "eval.every=2", *PRESET_ARGS[method]]
     full = tiny_config(tmp_path / "full", *args, "steps=4")
     train(full, log=lambda s: None)
     part = tiny_config(tmp_path / "part", *args, "steps=2")
@@ -121,10 +201,13 @@ def test_resume_gives_the_same_metrics(warm_tiny, tmp_path):
     # the resumed run's final weights equal the uninterrupted run's
     from safetensors.torch import load_file
 
-    wa = load_file(tmp_path / "full/checkpoints/step_000004/model/model.safetensors")
-    wb = load_file(tmp_path / "part/checkpoints/step_000004/model/model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    for name in ("model/model.safetensors", "value_head.safetensors"):
+        fa = tmp_path / "full/checkpoints/step_000004" / name
+        if not fa.exists():
+            continue
+        wa, wb = load_file(fa), load_file(tmp_path / "part/checkpoints/step_000004" / name)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
 def test_checkpoint_loads_with_transformers(warm_tiny):
@@ -233,16 +316,13 @@ if __name__ == "__main__":  # print fresh golden values
         warm = latest_checkpoint(d / "warm") / "model"
         for m in sorted(PRESETS):
             rows = first_metrics(m, warm, d / m)
-            print(f'    "{m}": {{', end="")
-            keys = ["loss/total"] + (["reward/mean"] if m != "sft" else [])
-            print(
-                ", ".join(
-                    f'"{k}": {[round(r[k], 6) if r.get(k) is not None else None for r in rows]}'
-                    for k in keys
-                ),
-                end="",
-            )
-            print("},")
+            keys = ["loss/total", "optim/grad_norm"]
+            if any(r.get("reward/mean") is not None for r in rows):
+                keys.append("reward/mean")
+            vals = {
+                k: [round(r[k], 6) if r.get(k) is not None else None for r in rows] for k in keys
+            }
+            print(f"    {m!r}: {vals},".replace("'", '"'))
 
 
 def test_stage_switch_resets_kl_reference_and_resume_keeps_it(warm_tiny, tmp_path):

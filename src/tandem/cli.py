@@ -4,7 +4,7 @@ tandem train RECIPE [key.sub=value ...]     train from a recipe file or a bundle
 tandem train --resume RUN_DIR [key=value]   continue a run from its latest checkpoint
 tandem quickstart [--output-dir DIR]        SmolLM2-135M, a hybrid recipe, before/after table
 tandem eval MODEL --task NAME               accuracy / pass@k of a model on a task
-tandem recipes                              method presets and bundled recipes, one line each
+tandem recipes [--details METHOD]           presets, bundled recipes, parts of an objective
 tandem tasks                                built-in tasks, one line each
 """
 
@@ -106,8 +106,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from tandem.methods import PRESETS
+    from tandem.algo.advantages import ADVANTAGES
+    from tandem.algo.controllers import CONTROLLERS
+    from tandem.algo.objective import TERMS
+    from tandem.methods import PRESETS, get_preset
+    from tandem.train.filters import FILTERS
+    from tandem.train.sources import SOURCES
 
+    if args.details:
+        p = get_preset(args.details)
+        print(f"{p.name}: {p.summary}\npaper: {p.paper}\n\n{p.notes}")
+        return 0
     print("method presets (use with method: NAME in a recipe, or method=NAME on the command line):")
     for p in PRESETS.values():
         print(f"  {p.name:<14} {p.summary}")
@@ -117,6 +126,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             (ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), ""
         )
         print(f"  {name:<14} {first}")
+    print("the parts an objective is built from (kind: in objective.sources / terms / ...):")
+    for title, reg in (
+        ("sources", SOURCES),
+        ("terms", TERMS),
+        ("advantage estimators", ADVANTAGES),
+        ("filters", FILTERS),
+        ("controllers", CONTROLLERS),
+    ):
+        print(f" {title}:")
+        for name, summary in reg.summaries():
+            print(f"  {name:<16} {summary}")
     return 0
 
 
@@ -178,9 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bf16", action="store_true", help="bf16 autocast")
     e.set_defaults(fn=cmd_eval)
 
-    sub.add_parser("recipes", help="list method presets and bundled recipes").set_defaults(
-        fn=cmd_recipes
+    r = sub.add_parser(
+        "recipes", help="list method presets, bundled recipes and the parts of an objective"
     )
+    r.add_argument(
+        "--details", metavar="METHOD", help="print one preset's notes (paper, deviations)"
+    )
+    r.set_defaults(fn=cmd_recipes)
     sub.add_parser("tasks", help="list built-in tasks").set_defaults(fn=cmd_tasks)
     return ap
 

@@ -69,6 +69,6 @@ def get_preset(name: str) -> Preset:
 
 
 # The family modules register their presets on import (order = `tandem recipes` order).
-from tandem.methods import core  # noqa: E402,F401
+from tandem.methods import core, hybrid, ppo, preference, self_improve  # noqa: E402,F401
 
 __all__ = ["PRESETS", "Preset", "get_preset", "preset"]

@@ -23,11 +23,12 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str = "") -> Path:
     for key in ("reward/mean",):
         axes[0].plot(*series(key), label=key)
     axes[0].set_title("training reward")
-    for key in ("loss/pg", "loss/sft", "coef/sft"):
+    terms = sorted({k for r in rows for k in r if k.startswith("loss/") and k != "loss/total"})
+    for key in terms[:8]:
         xs, ys = series(key)
         if xs:
             axes[1].plot(xs, ys, label=key)
-    axes[1].set_title("loss terms and mu")
+    axes[1].set_title("loss terms")
     for key in ("eval/accuracy", "ood/accuracy"):
         xs, ys = series(key)
         if xs:

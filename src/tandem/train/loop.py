@@ -35,6 +35,7 @@ from tandem.train.checkpoint import (
     set_rng_state,
 )
 from tandem.train.plan import Stage, build_stages, describe
+from tandem.train.sources import example_pools
 from tandem.train.step import RunState, train_step
 
 
@@ -69,8 +70,7 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     model.to(device)
     task = get_task(cfg.task.name, cfg.task.params)
     pool = task.examples("train", cfg.task.train_pool, seed=cfg.seed)
-    pools = {"train": pool, "demos": [ex for ex in pool if ex.solution is not None]}
-    stages = build_stages(cfg, pools)
+    stages = build_stages(cfg, example_pools(pool))
     reference = None
     if any(s.holds_reference() for s in stages):
         if model_source is None:

@@ -46,6 +46,12 @@ from tandem.tasks.base import Example, Score, Task
 from tandem.train.data import ExampleStream
 
 
+def example_pools(train_pool: list[Example]) -> dict[str, list[Example]]:
+    """The streams sources draw from, by name: `train` (every training example) and `demos`
+    (those with a gold solution). A stream's order is a function of (seed, its name, epoch)."""
+    return {"train": train_pool, "demos": [ex for ex in train_pool if ex.solution is not None]}
+
+
 @dataclass(frozen=True)
 class Sizes:
     """A stage's batch sizes, in their units (from the run config and the stage)."""
@@ -655,4 +661,4 @@ class Buffer(Source):
         self.released = int(state["released"])
 
 
-__all__ = ["SOURCES", "DrawEnv", "Rollout", "Sizes", "Source", "SourceSpec"]
+__all__ = ["SOURCES", "DrawEnv", "Rollout", "Sizes", "Source", "SourceSpec", "example_pools"]
