@@ -12,7 +12,7 @@ import tandem.train.step as step_mod
 from tandem.model import build_tiny
 from tandem.model.castcache import bf16_weights
 from tandem.model.logprobs import shared_prompt_logprobs
-from tandem.train.loop import build_state, enter_stage
+from tandem.train.loop import build_state
 from tests.conftest import tiny_config
 
 
@@ -72,7 +72,6 @@ def test_step_with_shared_copy_matches_plain_autocast(tmp_path, monkeypatch):
 
         st.optimizer.step = step_and_capture
         for k in range(3):
-            enter_stage(st, k)
             step_mod.train_step(st, k)
         monkeypatch.undo()
         return got

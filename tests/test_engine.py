@@ -206,7 +206,8 @@ def test_several_updates_use_real_ratios_against_a_written_out_ppo(
     seen = []
 
     def checked(st_, stage, batch, terms, coefs, opt, first):
-        want, dev = _reference_ppo_pg_loss(st_.model, batch)
+        with torch.no_grad():
+            want, dev = _reference_ppo_pg_loss(st_.model, batch)
         got = real(st_, stage, batch, terms, coefs, opt, first)
         seen.append((float(want), got["loss/pg"], dev))
         return got
@@ -295,3 +296,35 @@ def test_recipes_lists_every_registry():
             assert f"  {name} " in out
     for kind in ("dpo", "gae", "sasr", "equal_groups"):
         assert f"  {kind} " in out
+
+
+def test_controllers_set_temperature_kl_and_which_source_is_on(warm_tiny, tmp_path):
+    """A controller for the sampling temperature (a cosine), one for the KL coefficient (verl's
+    adaptive KL, reading loss/kl) and one that turns a source on (`when`)."""
+    st = build_state(
+        tiny_config(
+            tmp_path,
+            "method=chord",
+            f"model.name={warm_tiny}",
+            "objective.controllers.temp={kind: cosine, start: 1.0, end: 0.5, steps: 2}",
+            "objective.sources.rollouts.temperature=temp",
+            "objective.controllers.beta={kind: adaptive_kl, init: 0.1, target: 0.001, horizon: 10}",
+            "objective.terms.kl.coef=beta",
+            "objective.controllers.mu={kind: constant, value: 0.5}",
+            "objective.controllers.demo_on={kind: cosine, start: 0.0, end: 1.0, steps: 1}",
+            "objective.sources.demos.when=demo_on",
+        )
+    )
+    temps = []
+    gen = st.backend.generate
+    st.backend.generate = lambda *a, **k: temps.append(k["temperature"]) or gen(*a, **k)
+    rows = [step_mod.train_step(st, k) for k in range(3)]
+    assert temps == [1.0, 0.75, 0.5]  # cosine 1.0 -> 0.5 over 2 steps
+    # demos are drawn only once demo_on > 0 (step 0: 0.0): no sft loss at step 0
+    assert "loss/sft" not in rows[0] and "loss/sft" in rows[1]
+    # beta follows verl's rule on the logged KL: β ← β·(1 + clip(KL/target − 1, ±0.2)/horizon)
+    assert rows[0]["coef/kl"] == pytest.approx(0.1)
+    for a, b in zip(rows, rows[1:]):
+        err = min(max(a["loss/kl"] / 0.001 - 1, -0.2), 0.2)
+        assert b["coef/kl"] == pytest.approx(a["coef/kl"] * (1 + err / 10), rel=1e-9)
+    assert len({r["coef/kl"] for r in rows}) == 3

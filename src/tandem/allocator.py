@@ -1,4 +1,5 @@
-"""Which memory allocator a tandem process runs on: tcmalloc or jemalloc when installed.
+"""Which memory allocator a tandem process runs on: tcmalloc or jemalloc when installed, else
+mimalloc from the `cmeel-mimalloc` wheel that tandem depends on (Linux x86_64/aarch64).
 
 glibc's malloc serves a training step badly. Every tensor above its mmap threshold is mapped fresh
 and zero-filled page by page on first touch, and the 1-2 MB activations and gradients of a step
@@ -13,13 +14,17 @@ keeps the allocator its process started with; `preload_env` gives the environmen
 child process with.
 
 Choose with the environment variable `TANDEM_ALLOCATOR`:
-- `auto` (default): tcmalloc if installed, else jemalloc, else glibc's malloc;
-- `tcmalloc` or `jemalloc`: that one, an error if it is not installed;
+- `auto` (default): tcmalloc if installed, else jemalloc, else mimalloc, else glibc's malloc;
+- `tcmalloc`, `jemalloc` or `mimalloc`: that one, an error if it is not installed;
 - `system`: the process's own malloc, no re-execution.
 
-Install tcmalloc on Debian/Ubuntu with `apt install libtcmalloc-minimal4`, or from conda with
-`conda install gperftools`. Measured on this project's 2-core CPU with
-`python bench/grpo_vs_trl.py --quick`: see the README's benchmark section.
+No PyPI wheel ships tcmalloc or jemalloc; `cmeel-mimalloc` ships `libmimalloc.so` (under
+`site-packages/cmeel.prefix/lib`), so a fresh `pip install` gets a better allocator than glibc's
+with no system package. mimalloc runs with `MIMALLOC_PURGE_DELAY=-1` (freed memory is kept for
+reuse, as tcmalloc does; unless the variable is set). Install tcmalloc on Debian/Ubuntu with
+`apt install libtcmalloc-minimal4`, or from conda with `conda install gperftools`. Measured on
+this project's 2-core CPU with `python bench/grpo_vs_trl.py --quick --allocator NAME`: see the
+README's benchmark section and docs/LOG.md.
 """
 
 from __future__ import annotations
@@ -32,17 +37,33 @@ from pathlib import Path
 from tandem.errors import ConfigError
 
 ENV_VAR = "TANDEM_ALLOCATOR"
-CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
+CHOICES = ("auto", "tcmalloc", "jemalloc", "mimalloc", "system")
+PREFERENCE = ("tcmalloc", "jemalloc", "mimalloc")  # the order `auto` tries
 _REEXEC_MARK = "TANDEM_ALLOCATOR_PRELOADED"
 # Library file names, most preferred first. tcmalloc's "minimal" build has no heap profiler.
 _LIBS = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so"),
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+    "mimalloc": ("libmimalloc.so", "libmimalloc.so.3", "libmimalloc.so.2"),
+}
+# Environment each library runs with (setdefault: a value the user set wins).
+_ENV = {
+    # tcmalloc prints a stack trace for every allocation over 1 GiB unless told otherwise
+    "tcmalloc": {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)},
+    # keep freed pages for reuse instead of returning them after 10 ms (docs/LOG.md)
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "-1"},
+}
+_INSTALL = {
+    "tcmalloc": "apt install libtcmalloc-minimal4",
+    "jemalloc": "apt install libjemalloc2",
+    "mimalloc": "pip install cmeel-mimalloc",
 }
 
 
 def _search_dirs() -> list[Path]:
     dirs = [Path(sys.prefix) / "lib"]
+    for key in ("purelib", "platlib"):  # the cmeel-mimalloc wheel's library
+        dirs.append(Path(sysconfig.get_paths()[key]) / "cmeel.prefix" / "lib")
     if os.environ.get("CONDA_PREFIX"):
         dirs.append(Path(os.environ["CONDA_PREFIX"]) / "lib")
     multiarch = sysconfig.get_config_var("MULTIARCH")
@@ -79,7 +100,7 @@ def resolve(want: str | None = None) -> tuple[str, str | None]:
     want = want or choice()
     if want == "system" or not sys.platform.startswith("linux"):
         return "system", None
-    for name in ("tcmalloc", "jemalloc") if want == "auto" else (want,):
+    for name in PREFERENCE if want == "auto" else (want,):
         path = find(name)
         if path:
             return name, path
@@ -87,20 +108,20 @@ def resolve(want: str | None = None) -> tuple[str, str | None]:
         raise ConfigError(
             f"{ENV_VAR}={want}: no {' or '.join(_LIBS[want])} found in "
             f"{', '.join(str(d) for d in _search_dirs())}; install it "
-            f"(e.g. apt install {'libtcmalloc-minimal4' if want == 'tcmalloc' else 'libjemalloc2'})"
+            f"(e.g. {_INSTALL[want]})"
             f" or set {ENV_VAR}=auto or system"
         )
     return "system", None
 
 
 def in_use() -> str:
-    """The allocator this process runs on: tcmalloc, jemalloc (seen among its mapped libraries),
-    or system."""
+    """The allocator this process runs on: tcmalloc, jemalloc, mimalloc (seen among its mapped
+    libraries), or system."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return "system"
-    for name in ("tcmalloc", "jemalloc"):
+    for name in PREFERENCE:
         if f"lib{name}" in maps:
             return name
     return "system"
@@ -114,8 +135,8 @@ def preload_env(want: str | None = None, env: dict[str, str] | None = None) -> d
     if path is None:
         return env
     env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
-    # tcmalloc prints a stack trace for every allocation over 1 GiB unless told otherwise
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+    for k, v in _ENV.get(name, {}).items():
+        env.setdefault(k, v)
     return env
 
 

@@ -114,8 +114,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from tandem.train.sources import SOURCES
 
     if args.details:
+        import yaml
+
         p = get_preset(args.details)
-        print(f"{p.name}: {p.summary}\npaper: {p.paper}\n\n{p.notes}")
+        body = {"stages": p.stages} if p.stages else {"objective": p.objective}
+        if p.run_defaults:
+            body.update(p.run_defaults)
+        print(f"{p.name}: {p.summary}\npaper: {p.paper}\n\n{p.notes}\n")
+        print(yaml.safe_dump(body, sort_keys=False).rstrip())
         return 0
     print("method presets (use with method: NAME in a recipe, or method=NAME on the command line):")
     for p in PRESETS.values():

@@ -43,8 +43,8 @@ class StepProgress:
             parts.append(f"reward {m['reward/mean']:.3f}")
         if "loss/total" in m:
             parts.append(f"loss {m['loss/total']:.4f}")
-        if "coef/sft" in m:
-            parts.append(f"mu {m['coef/sft']:.2f}")
+        if "coef/mu" in m:  # CHORD-style mixing weight, when the method has one
+            parts.append(f"mu {m['coef/mu']:.2f}")
         if "perf/tokens_per_s" in m:
             parts.append(f"{m['perf/tokens_per_s']:.0f} tok/s")
         if "perf/step_s" in m:

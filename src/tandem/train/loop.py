@@ -125,20 +125,6 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     )
 
 
-def enter_stage(st: RunState, k: int) -> None:
-    """At the first step of a stage after the first: fresh optimizer moments and, where the
-    stage asks, the policy as the new reference."""
-    for i, stage in enumerate(st.stages):
-        if i == 0 or stage.start != k:
-            continue
-        if stage.config.reset_optimizer:
-            for opt in (st.optimizer, *st.optimizers.values()):
-                opt.state.clear()
-        if stage.config.reference == "stage_start" and st.reference is not None:
-            st.reference.load_state_dict(st.model.state_dict())
-            st.ref_step = k
-
-
 def describe_sizes(st: RunState) -> str:
     """The derived batch sizes, stages and extra models, printed once at start."""
     cfg = st.cfg
@@ -270,7 +256,6 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
         cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log
     ) as bar:
         for k in range(start, cfg.steps):
-            enter_stage(st, k)
             m = train_step(st, k)
             step = k + 1
             writer.write(step, m)

@@ -68,6 +68,8 @@ class RunState:
 def train_step(st: RunState, k: int) -> dict[str, float]:
     t0 = time.perf_counter()
     stage = st.stage_at(k)
+    if k == stage.start and stage is not st.stages[0]:
+        _enter(st, stage, k)
     coefs = stage.coefs(k)
     terms = stage.active_terms(coefs)
     m: dict[str, float] = {f"coef/{t.name}": t.coef(coefs) for t in stage.terms.values()}
@@ -126,6 +128,17 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
         m |= {f"ctl/{name}/{key}": v for key, v in ctl.metrics().items()}
     m["perf/step_s"] = time.perf_counter() - t0
     return m
+
+
+def _enter(st: RunState, stage: Stage, k: int) -> None:
+    """A stage's first step (after the first stage): fresh optimizer moments and, where the
+    stage asks, the policy as the new reference."""
+    if stage.config.reset_optimizer:
+        for opt in (st.optimizer, *st.optimizers.values()):
+            opt.state.clear()
+    if stage.config.reference == "stage_start" and st.reference is not None:
+        st.reference.load_state_dict(st.model.state_dict())
+        st.ref_step = k
 
 
 # ------------------------------------------------------------------------------ experience
