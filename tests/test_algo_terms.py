@@ -1,6 +1,8 @@
 """Hand-computed checks of the per-token terms in tandem.algo.terms and of the term registry's
 adapters (tandem.algo.objective), float64, tol 1e-6."""
 
+import math
+
 import pytest
 import torch
 
@@ -211,3 +213,17 @@ def test_kl_estimators():
     assert abs(logp2.grad.item() - 0.393469) < TOL
     with pytest.raises(ConfigError, match="k3"):
         kl_penalty(logp, ref, "low_var_kl")
+
+
+def test_vocab_kl_value_and_gradient():
+    # V = 2: π_ref = [0.5, 0.5], π_θ = softmax(z) = [0.25, 0.75].
+    # KL(ref ‖ θ) = 0.5·ln(0.5/0.25) + 0.5·ln(0.5/0.75) = 0.5·0.693147 − 0.5·0.405465 = 0.143841.
+    # d KL / d z = p_θ − p_ref = [−0.25, 0.25].
+    from tandem.algo.terms import vocab_kl
+
+    z = torch.tensor([[[0.0, math.log(3.0)]]], dtype=F64, requires_grad=True)
+    ref = torch.log(torch.tensor([[[0.5, 0.5]]], dtype=F64))
+    kl = vocab_kl(torch.log_softmax(z, -1), ref)
+    assert abs(kl.item() - 0.143841) < TOL
+    kl.sum().backward()
+    torch.testing.assert_close(z.grad, torch.tensor([[[-0.25, 0.25]]], dtype=F64), atol=TOL, rtol=0)

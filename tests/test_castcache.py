@@ -20,7 +20,7 @@ def _loss_and_grads(model, ids, ctx):
     model.zero_grad()
     mask = torch.ones_like(ids)
     with ctx(), torch.autocast("cpu", dtype=torch.bfloat16):
-        logp, ent, _ = shared_prompt_logprobs(model, ids, mask, mask, with_entropy=True)
+        logp, ent, *_ = shared_prompt_logprobs(model, ids, mask, mask, with_entropy=True)
     loss = (logp * torch.linspace(-1, 1, logp.shape[1])).sum() + ent.sum()
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]

@@ -328,3 +328,48 @@ def test_controllers_set_temperature_kl_and_which_source_is_on(warm_tiny, tmp_pa
         err = min(max(a["loss/kl"] / 0.001 - 1, -0.2), 0.2)
         assert b["coef/kl"] == pytest.approx(a["coef/kl"] * (1 + err / 10), rel=1e-9)
     assert len({r["coef/kl"] for r in rows}) == 3
+
+
+def test_full_vocabulary_need_filled_only_when_asked(warm_tiny, tmp_path):
+    """Anchored SFT's shape (DFT + λ·KL(π_ref ‖ π_θ) over the whole vocabulary): the reference's
+    whole distribution is filled once per batch, the policy's comes from the training forward,
+    and the term equals the formula on plain full logits."""
+    cfg = tiny_config(
+        tmp_path,
+        "method=sft",
+        f"model.name={warm_tiny}",
+        "objective.terms.sft={kind: dft, sources: demos}",
+        "objective.terms.anchor={kind: vocab_kl, sources: demos, coef: 0.1}",
+    )
+    st = build_state(cfg)
+    assert st.reference is not None
+    seen = {}
+    real = step_mod._update
+
+    def capture(st_, stage, batch, terms, coefs, opt, first):
+        seen["batch"] = batch
+        with torch.no_grad():
+            logits = st_.model(
+                input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT
+            ).logits
+            ref = st_.reference(
+                input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT
+            ).logits
+        lp, rp = torch.log_softmax(logits[:, :-1], -1), torch.log_softmax(ref[:, :-1], -1)
+        m = batch.target_mask_BT[:, 1:]
+        kl = (rp.exp() * (rp - lp)).sum(-1)
+        seen["want"] = float((kl * m).sum() / m.sum())
+        return real(st_, stage, batch, terms, coefs, opt, first)
+
+    step_mod._update = capture
+    try:
+        m0 = step_mod.train_step(st, 0)
+        m1 = step_mod.train_step(st, 1)
+    finally:
+        step_mod._update = real
+    assert abs(m0["loss/anchor"]) < 1e-6  # policy == reference
+    assert m1["loss/anchor"] > 1e-6
+    assert m1["loss/anchor"] == pytest.approx(seen["want"], rel=1e-4)
+    assert seen["batch"].needs["ref_vocab_logp_BTV"].shape[-1] == st.model.config.vocab_size
+    plain = build_state(tiny_config(tmp_path / "p", "method=sft", f"model.name={warm_tiny}"))
+    assert plain.reference is None

@@ -39,7 +39,7 @@ def test_matches_reference_with_grads(left_pad: bool, temperature: float) -> Non
     results = []
     for fn in (token_logprobs, token_logprobs_reference):
         model.zero_grad()
-        logp, ent, _ = fn(
+        logp, ent, *_ = fn(
             model, ids, attn, target, temperature=temperature, with_entropy=True, chunk_tokens=5
         )
         (logp.sum() + 0.5 * ent.sum()).backward()
@@ -68,13 +68,13 @@ def test_padding_side_does_not_matter() -> None:
 def test_no_entropy_no_targets_and_autocast() -> None:
     model, _ = build_tiny()
     ids, attn, target = _batch(False)
-    logp, ent, _ = token_logprobs(model, ids, attn, target)
+    logp, ent, *_ = token_logprobs(model, ids, attn, target)
     assert ent is None
     empty, *_ = token_logprobs(model, ids, attn, torch.zeros_like(target))
     assert torch.all(empty == 0)
     empty.sum().backward()  # still differentiable
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logp_bf16, ent_bf16, _ = token_logprobs(model, ids, attn, target, with_entropy=True)
+        logp_bf16, ent_bf16, *_ = token_logprobs(model, ids, attn, target, with_entropy=True)
     assert logp_bf16.dtype == torch.float32
     assert torch.allclose(logp_bf16, logp.detach(), atol=0.05)
     logp_bf16.sum().backward()

@@ -45,7 +45,7 @@ def test_shared_prompt_matches_plain(with_entropy, pack_tokens):
     shared = functools.partial(shared_prompt_logprobs, pack_tokens=pack_tokens)
     for fn in (token_logprobs, shared):
         model.zero_grad()
-        logp, ent, _ = fn(model, ids, attn, tgt, with_entropy=with_entropy, chunk_tokens=5)
+        logp, ent, *_ = fn(model, ids, attn, tgt, with_entropy=with_entropy, chunk_tokens=5)
         loss = (logp * weights).sum() + (ent.sum() if with_entropy else 0.0)
         loss.backward()
         # the tied embedding's sparse lookup gradient is folded into a dense .grad

@@ -163,8 +163,8 @@ class Batch:
         am = self.attention_mask_BT[sel]
         t = int(am.sum(1).max().item()) if len(idx) else 0
 
-        def cut(x: Tensor) -> Tensor:
-            return x[sel, :t] if x.dim() == 2 else x[sel]
+        def cut(x: Tensor) -> Tensor:  # (B,), (B, T) or (B, T, V)
+            return x[sel, :t] if x.dim() >= 2 else x[sel]
 
         out = {}
         for f in fields(self):

@@ -18,7 +18,8 @@ Needs (`NEEDS`) are filled once per batch and only when an active term asks: ``o
 (the policy before the update: a no-grad forward when the batch gets several updates, else
 the current log-probs detached, ratio 1), ``ref_logp`` (the reference model), ``entropy``,
 ``values``/``old_values``/``returns`` (the value head and the advantage estimator), ``adv``
-(an advantage estimator must be configured).
+(an advantage estimator must be configured), ``vocab_logp``/``ref_vocab_logp`` (the policy's
+and the reference's whole distribution at each token: vocab_kl).
 
 Every term reads its tokens through `mask` (its sources, roles and pair side); the math itself
 is in the pure functions of `tandem.algo.terms`, `.preference` and `.value`, which the adapters
@@ -47,11 +48,22 @@ from tandem.algo.terms import (
     nll,
     shaped_pg,
     unclipped_pg,
+    vocab_kl,
 )
 from tandem.experience import ROLE_ID, ROLES
 from tandem.registry import Registry, Spec
 
-NEEDS = ("old_logp", "ref_logp", "entropy", "values", "old_values", "returns", "adv")
+NEEDS = (
+    "old_logp",
+    "ref_logp",
+    "entropy",
+    "values",
+    "old_values",
+    "returns",
+    "adv",
+    "vocab_logp",
+    "ref_vocab_logp",
+)
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
 AggMode = Literal[AGG_MODES]  # type: ignore[valid-type]
@@ -74,6 +86,10 @@ class TokenInputs:
     values: Tensor | None = None
     old_values: Tensor | None = None
     returns: Tensor | None = None
+    vocab_logp: Tensor | None = None
+    """(B, T, V) the policy's log-softmax over the vocabulary at each target token, with grad."""
+    ref_vocab_logp: Tensor | None = None
+    """(B, T, V) the reference's, no grad."""
 
 
 @dataclass
@@ -259,6 +275,22 @@ class ValueSpec(TokenTermSpec):
 )
 def _value(x: TokenInputs, *, clip: float | None):
     return value.clipped_value_loss(x.values, x.old_values, x.returns, clip)
+
+
+class VocabKlSpec(TokenTermSpec):
+    """KL(π_ref ‖ π_θ) over the whole vocabulary at each token (Anchored SFT's anchor); holds
+    (tokens x vocabulary) log-probs of the policy and the reference while it runs."""
+
+
+@_term(
+    "vocab_kl",
+    VocabKlSpec,
+    "token",
+    ("vocab_logp", "ref_vocab_logp"),
+    "KL(π_ref ‖ π_θ) over the full vocabulary (Anchored SFT)",
+)
+def _vocab_kl(x: TokenInputs):
+    return vocab_kl(x.vocab_logp, x.ref_vocab_logp)
 
 
 # ------------------------------------------------------------------------------- pair terms

@@ -188,6 +188,15 @@ def kl_penalty(logp_BT: Tensor, ref_logp_BT: Tensor, kind: str) -> Tensor:
     return KL_ESTIMATORS[kind](logp_BT, ref_logp_BT)
 
 
+def vocab_kl(logp_BTV: Tensor, ref_logp_BTV: Tensor) -> Tensor:
+    """KL(π_ref ‖ π_θ) over the whole vocabulary at each token: Σ_v π_ref(v)·(log π_ref(v) −
+    log π_θ(v)). Anchored SFT's anchor (arXiv 2509.23753; `zhuchichi56/ASFT` computes it as
+    `F.kl_div(log_softmax(θ), softmax(ref))`, the same direction). Its gradient with respect to
+    the policy's logits is p_θ − p_ref. Shapes: (B, T, V) log-probs -> (B, T).
+    """
+    return (torch.exp(ref_logp_BTV) * (ref_logp_BTV - logp_BTV)).sum(-1)
+
+
 __all__ = [
     "KL_ESTIMATORS",
     "chord_phi_nll",
@@ -197,4 +206,5 @@ __all__ = [
     "nll",
     "shaped_pg",
     "unclipped_pg",
+    "vocab_kl",
 ]

@@ -24,6 +24,9 @@ class TokenLogProbs(NamedTuple):
     logp: Tensor
     entropy: Tensor | None = None
     values: Tensor | None = None
+    vocab: Tensor | None = None
+    """(B, T, V) log-softmax over the whole vocabulary at target tokens (0 elsewhere), only when
+    asked (`with_vocab`: Anchored SFT's KL to the reference, One-Token Rollout)."""
 
 
 def position_ids_from_mask(attention_mask_BT: Tensor) -> Tensor:
@@ -185,15 +188,24 @@ def _scatter(
     hidden_any: Tensor,
     with_entropy: bool,
     value_head: nn.Module | None,
+    vocab_head: tuple[nn.Module, float] | None = None,
 ) -> TokenLogProbs:
-    """Per-target values (N,) placed into (B, T) float32 tensors (0 off-target)."""
+    """Per-target values (N,) placed into (B, T) float32 tensors (0 off-target); with
+    `vocab_head` = (LM head, temperature) also the full log-softmax, (B, T, V)."""
     zeros_BT = torch.zeros(B, T, dtype=torch.float32, device=hidden_any.device)
     if logp_N is None:  # no targets at all: keep the graph connected so backward() still works
         zero_BT = zeros_BT + hidden_any.float().sum() * 0.0
         if value_head is not None:
             zero_BT = zero_BT + sum(p.sum() for p in value_head.parameters()) * 0.0
+        vocab = None
+        if vocab_head is not None:
+            V = vocab_head[0].weight.shape[0]
+            vocab = zero_BT[..., None] + torch.zeros(B, T, V, device=zero_BT.device)
         return TokenLogProbs(
-            zero_BT, zero_BT if with_entropy else None, zero_BT if value_head is not None else None
+            zero_BT,
+            zero_BT if with_entropy else None,
+            zero_BT if value_head is not None else None,
+            vocab,
         )
     logp_BT = zeros_BT.index_put((b_N, t_N), logp_N)
     entropy_BT = zeros_BT.index_put((b_N, t_N), ent_N) if with_entropy else None
@@ -201,7 +213,13 @@ def _scatter(
     if value_head is not None:
         values_N = value_head(hidden_NH).squeeze(-1).float()
         values_BT = zeros_BT.index_put((b_N, t_N), values_N)
-    return TokenLogProbs(logp_BT, entropy_BT, values_BT)
+    vocab_BTV = None
+    if vocab_head is not None:  # the whole (N, V) distribution, kept: only when a term asks
+        head, temperature = vocab_head
+        vocab_NV = torch.log_softmax(head(hidden_NH).float() / temperature, dim=-1)
+        vocab_BTV = torch.zeros(B, T, vocab_NV.shape[-1], device=vocab_NV.device)
+        vocab_BTV = vocab_BTV.index_put((b_N, t_N), vocab_NV)
+    return TokenLogProbs(logp_BT, entropy_BT, values_BT, vocab_BTV)
 
 
 def token_logprobs(
@@ -215,6 +233,7 @@ def token_logprobs(
     chunk_tokens: int = 1024,
     value_head: nn.Module | None = None,
     inputs: dict[str, Tensor] | None = None,
+    with_vocab: bool = False,
 ) -> TokenLogProbs:
     """Log-prob of each target token under the model, computed only where target_mask is set.
 
@@ -230,6 +249,8 @@ def token_logprobs(
 
     A `value_head` (a module mapping hidden states (N, H) to (N, 1), PPO's critic) is applied to
     the same hidden rows: values[b, t] = V(s_t), the estimate before token t is emitted.
+    `with_vocab` also returns the full log-softmax at target tokens (B, T, V): memory of that
+    size, only for the terms that need the whole distribution.
     `inputs` are extra keyword arguments of the base model's forward (``pixel_values`` of a
     vision-language model); the base model is then `model.<base_model_prefix>`.
 
@@ -260,7 +281,19 @@ def token_logprobs(
     logp_N, ent_N = _selective_head(
         model, hidden_NH, targets_N, temperature, with_entropy, chunk_tokens, tied
     )
-    return _scatter(B, T, b_N, t_N, logp_N, ent_N, hidden_NH, hidden_BTH, with_entropy, value_head)
+    return _scatter(
+        B,
+        T,
+        b_N,
+        t_N,
+        logp_N,
+        ent_N,
+        hidden_NH,
+        hidden_BTH,
+        with_entropy,
+        value_head,
+        (model.get_output_embeddings(), temperature) if with_vocab else None,
+    )
 
 
 def token_logprobs_reference(
@@ -337,6 +370,7 @@ def shared_prompt_logprobs(
     chunk_tokens: int = 1024,
     pack_tokens: int = 1024,
     value_head: nn.Module | None = None,
+    with_vocab: bool = False,
 ) -> TokenLogProbs:
     """`token_logprobs` for right-padded rows of prompt + completion whose prompts repeat (a GRPO
     group shares one prompt): each distinct prompt runs through the transformer once, packed in
@@ -420,4 +454,16 @@ def shared_prompt_logprobs(
     logp_N, ent_N = _selective_head(
         model, hidden_NH, input_ids_BT[b_N, t_N], temperature, with_entropy, chunk_tokens, tied
     )
-    return _scatter(B, T, b_N, t_N, logp_N, ent_N, hidden_NH, hidden_RLH, with_entropy, value_head)
+    return _scatter(
+        B,
+        T,
+        b_N,
+        t_N,
+        logp_N,
+        ent_N,
+        hidden_NH,
+        hidden_RLH,
+        with_entropy,
+        value_head,
+        (model.get_output_embeddings(), temperature) if with_vocab else None,
+    )

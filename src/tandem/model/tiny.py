@@ -39,7 +39,7 @@ def build_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast
     Deterministic under `seed`; the global torch RNG state is left untouched.
     """
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=192,
@@ -48,6 +48,15 @@ def build_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
+    )
+    return _llama(shape, tokenizer, seed), tokenizer
+
+
+def _llama(shape: dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    """A random-init Llama of `shape` whose special ids are the tokenizer's, in eval mode,
+    deterministic under `seed` (the global torch RNG state is left untouched)."""
+    config = LlamaConfig(
+        **shape,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -59,7 +68,7 @@ def build_tiny(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
     model.eval()
-    return model, tokenizer
+    return model
 
 
 # SmolLM2-135M-Instruct's architecture (its config.json), for a random-init model of the same
@@ -85,17 +94,4 @@ def build_random(shape: str, seed: int = 0) -> tuple[LlamaForCausalLM, PreTraine
     if shape not in RANDOM_SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        **RANDOM_SHAPES[shape],
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = None
-    model.eval()
-    return model, tokenizer
+    return _llama(RANDOM_SHAPES[shape], tokenizer, seed), tokenizer

@@ -255,17 +255,23 @@ class Backend:
         *,
         with_entropy: bool = False,
         value_head: nn.Module | None = None,
+        with_vocab: bool = False,
     ) -> TokenLogProbs:
-        """Log-probs (and entropies, values) of the micro-batch's trained tokens."""
+        """Log-probs (and entropies, values, whole-vocabulary log-probs) of the micro-batch's
+        trained tokens."""
         inputs = mb.model_inputs()
         args = (model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT)
         with self.autocast():
             if self.share_prompts and not inputs:
                 return shared_prompt_logprobs(
-                    *args, with_entropy=with_entropy, value_head=value_head
+                    *args, with_entropy=with_entropy, value_head=value_head, with_vocab=with_vocab
                 )
             return token_logprobs(
-                *args, with_entropy=with_entropy, value_head=value_head, inputs=inputs or None
+                *args,
+                with_entropy=with_entropy,
+                value_head=value_head,
+                inputs=inputs or None,
+                with_vocab=with_vocab,
             )
 
     def weights_changed(self) -> None:

@@ -96,7 +96,9 @@ class Stage:
         needs = {n for t in terms for n in t.needs}
         if self.advantage is not None and any("adv" in t.needs for t in terms):
             needs |= estimator_needs(self.advantage)
-        return "ref_logp" in needs or any(s.needs_reference for s in self.sources.values())
+        return bool(needs & {"ref_logp", "ref_vocab_logp"}) or any(
+            s.needs_reference for s in self.sources.values()
+        )
 
     def holds_value_head(self) -> bool:
         terms = [t for t in self.terms.values() if not t.always_zero]

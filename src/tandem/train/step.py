@@ -218,30 +218,40 @@ def _fill_needs(st: RunState, batch: Batch, plan, needs: set[str]) -> None:
         vals = "old_values_BT" if "old_values" in needs else None
         with torch.no_grad(), st.backend.casts():
             _no_grad_fill(st, batch, st.model, rows, "old_logp_BT", vals)
-    if "ref_logp" in needs:
+    if "ref_logp" in needs or "ref_vocab_logp" in needs:
+        vocab = "ref_vocab_logp_BTV" if "ref_vocab_logp" in needs else None
         with torch.no_grad():
-            _no_grad_fill(st, batch, st.reference, rows, "ref_logp_BT")
+            _no_grad_fill(st, batch, st.reference, rows, "ref_logp_BT", vocab=vocab)
 
 
 def _no_grad_fill(
-    st: RunState, batch: Batch, model, rows: list[int], key: str, values: str | None = None
+    st: RunState,
+    batch: Batch,
+    model,
+    rows: list[int],
+    key: str,
+    values: str | None = None,
+    vocab: str | None = None,
 ) -> None:
-    """batch.needs[key] (and [values]): the model's log-probs (values) on these rows, 0 else."""
-    logp = torch.zeros_like(batch.target_mask_BT)
-    vals = torch.zeros_like(batch.target_mask_BT)
+    """batch.needs[key] (and [values], [vocab]): the model's log-probs (values, whole-vocabulary
+    log-probs) on these rows, 0 elsewhere."""
+    got: dict[str, torch.Tensor] = {}
     sub = batch.rows(rows)
     vh = st.value_head if values else None
     for idx in microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts):
         mb = sub.rows(idx)
-        out = st.backend.forward(model, mb, value_head=vh)
+        out = st.backend.forward(model, mb, value_head=vh, with_vocab=vocab is not None)
         t = mb.input_ids_BT.shape[1]
         sel = torch.tensor([rows[i] for i in idx], device=batch.device)
-        logp[sel, :t] = out.logp.detach()
-        if values:
-            vals[sel, :t] = out.values.detach()
-    batch.needs[key] = logp
-    if values:
-        batch.needs[values] = vals
+        for name, x in ((key, out.logp), (values, out.values), (vocab, out.vocab)):
+            if name is None:
+                continue
+            if name not in got:
+                got[name] = torch.zeros(
+                    (batch.size, batch.input_ids_BT.shape[1], *x.shape[2:]), device=batch.device
+                )
+            got[name][sel, :t] = x.detach()
+    batch.needs.update(got)
 
 
 def _set_advantages(stage: Stage, batch: Batch) -> None:
@@ -309,6 +319,7 @@ def _update(
                     mb,
                     with_entropy="entropy" in wants,
                     value_head=st.value_head if "values" in wants else None,
+                    with_vocab="vocab_logp" in wants,
                 )
                 loss = None
                 for t in group:
@@ -359,6 +370,8 @@ def _term_value(t: Term, out, mb: Batch, norm: Normalizer):
             values=out.values,
             old_values=n.get("old_values_BT"),
             returns=n.get("returns_BT"),
+            vocab_logp=out.vocab,
+            ref_vocab_logp=n.get("ref_vocab_logp_BTV"),
         )
         res = t.kind.fn(x, **t.params)
         loss_BT, stats = res if isinstance(res, tuple) else (res, {})
