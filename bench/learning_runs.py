@@ -38,6 +38,10 @@ MECHANISM = (
     "self/kept",
     "optim/updates",
     "loss/value",
+    "self/",
+    "adv/",
+    "loss/anchor",
+    "mix/",
 )
 
 

@@ -55,13 +55,15 @@ def warm_tiny(tmp_path_factory) -> Path:
     return latest_checkpoint(out) / "model"
 
 
-def train_accuracy(model_dir: Path | str, n: int = 64) -> float:
-    """Greedy accuracy on the first n training prompts (what RL on those prompts optimizes)."""
+def train_accuracy(model_dir: Path | str, n: int = 64, condition: str | None = None) -> float:
+    """Greedy accuracy on the first n training prompts (what RL on those prompts optimizes),
+    with `condition` before each question when given (a class-conditioned model, C-RLFT)."""
     from tandem.eval.evaluate import evaluate
     from tandem.train.loop import build_state
+    from tandem.train.sources import conditioned
 
     st = build_state(tiny_config(Path("unused"), f"model.name={model_dir}"))
-    exs = st.task.examples("train", n, seed=0)
+    exs = conditioned(st.task.examples("train", n, seed=0), condition)
     out = evaluate(
         st.model, st.encoder, st.task, exs, max_new_tokens=4, eos_token_ids=st.backend.eos_ids
     )

@@ -105,9 +105,17 @@ def test_equal_reward_groups():
 def test_integer_rewards_and_registry():
     adv = dr_grpo(torch.tensor([1, 0]), torch.tensor([0, 0]))
     assert adv.is_floating_point() and adv.tolist() == [0.5, -0.5]
-    assert set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "gae"}
+    assert set(ADVANTAGES.names()) == {
+        "grpo",
+        "dr_grpo",
+        "rloo",
+        "reinforce",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
+        "gae",
+    }
     with pytest.raises(ConfigError, match="rloo"):
-        ADVANTAGES.get("reinforce")
+        ADVANTAGES.get("vtrace")
 
 
 def test_outcome_estimator_broadcasts_over_scored_rows():
@@ -175,7 +183,7 @@ def test_masked_whiten_and_gae_estimator():
         ref_logp_BT=torch.full((2, 2), -1.2),
     )
     spec = ADVANTAGES.spec("gae")(kl_coef=0.5, lam=1.0)
-    assert spec.extra_needs() == {"old_logp", "ref_logp"}
+    assert spec.extra_needs() == {"old_logp_batch", "ref_logp"}
     out = estimate(spec, x)
     want = torch.tensor([[0.775549, 0.947893], [-0.947893, -0.775549]])
     torch.testing.assert_close(out.adv_BT, want, atol=1e-5, rtol=0)

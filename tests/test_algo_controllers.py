@@ -148,6 +148,8 @@ def test_registry_and_seed():
         "cosine",
         "adaptive_kl",
         "sasr",
+        "periodic",
+        "target_entropy",
     }
     with pytest.raises(ConfigError, match="warmup_cosine"):
         CONTROLLERS.get("linear")

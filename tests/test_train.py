@@ -37,6 +37,31 @@ PRESET_ARGS = {
     "spin": ["stages.iteration.steps=1"],
     "rft": [],
     "star": [],
+    "rloo": [],
+    "reinforce_pp": [],
+    "reinforce_pp_baseline": [],
+    "gspo": [],
+    "dapo": [],
+    "dft": [],
+    "anchored_sft": [],
+    "asft": [],
+    "poft": [],
+    "kto": [],
+    "interleave": ["objective.controllers.every.period=2"],
+    "tulu3": ["stages.sft.steps=1", "stages.dpo.steps=1"],
+    "sft_then_dpo": ["stages.sft.steps=1"],
+    "hpt": [],
+    "adaptive_mix": [],
+    "srft": [],
+    "uft": ["objective.sources.rollouts.hint_steps=4"],
+    "superhf": [],
+    "s3ft": [],
+    "metis_rise": ["stages.rl.steps=1"],
+    "visurf": [],
+    "otr": [],
+    "c_rlft": [],
+    "fait": [],
+    "warmup_rl": ["stages.warmup.steps=1"],
 }
 
 # First three values of loss/total and optim/grad_norm (and reward/mean for steps that sample)
@@ -44,32 +69,95 @@ PRESET_ARGS = {
 # gradient, not only the samples (a ratio-1 policy-gradient loss is just -mean(A)). Regenerate with `python -m tests.test_train` after an
 # intentional change of the math, and say why in the commit.
 GOLDEN = {
+    "adaptive_mix": {
+        "loss/total": [0.428415, 0.432832, 0.50152],
+        "optim/grad_norm": [2.190857, 4.545055, 6.775312],
+        "reward/mean": [0.265625, 0.234375, 0.25],
+    },
+    "anchored_sft": {
+        "loss/total": [0.15886, 0.158609, 0.146554],
+        "optim/grad_norm": [0.628522, 1.67504, 1.213699],
+    },
+    "asft": {
+        "loss/total": [1.752194, 1.754299, 1.697103],
+        "optim/grad_norm": [11.278756, 8.233862, 7.257476],
+    },
+    "c_rlft": {
+        "loss/total": [1.355982, 1.0243, 0.960187],
+        "optim/grad_norm": [4.04423, 3.402323, 2.491381],
+        "reward/mean": [0.3125, 0.25, 0.234375],
+    },
     "chord": {
         "loss/total": [-0.004798, 0.041939, 0.043612],
         "optim/grad_norm": [1.334971, 1.393765, 2.493857],
         "reward/mean": [0.265625, 0.203125, 0.203125],
     },
+    "dapo": {
+        "loss/total": [0.014024, 0.020822, 0.011669],
+        "optim/grad_norm": [1.915037, 1.248048, 2.15791],
+        "reward/mean": [0.226562, 0.203125, 0.25],
+    },
+    "dft": {
+        "loss/total": [0.15886, 0.156471, 0.143217],
+        "optim/grad_norm": [0.628522, 1.375621, 1.19313],
+    },
     "dpo": {
         "loss/total": [0.693147, 0.678374, 0.692639],
         "optim/grad_norm": [1.235351, 1.155926, 0.631445],
+    },
+    "fait": {
+        "loss/total": [0.829738, 0.776318, 0.743275],
+        "optim/grad_norm": [3.545078, 3.695644, 2.215168],
     },
     "grpo": {
         "loss/total": [-0.004798, -0.015514, -0.0],
         "optim/grad_norm": [1.334971, 2.060249, 3.526281],
         "reward/mean": [0.265625, 0.203125, 0.21875],
     },
+    "gspo": {
+        "loss/total": [0.010009, 0.00178, 0.005929],
+        "optim/grad_norm": [2.650826, 2.456654, 4.986264],
+        "reward/mean": [0.265625, 0.171875, 0.21875],
+    },
+    "hpt": {
+        "loss/total": [0.882313, -0.005942, 1.244541],
+        "optim/grad_norm": [8.029376, 0.572318, 16.237328],
+        "reward/mean": [0.265625, 0.296875, 0.25],
+    },
+    "interleave": {
+        "loss/total": [-0.004798, 0.69275, 0.009626],
+        "optim/grad_norm": [1.334971, 6.358799, 2.487037],
+        "reward/mean": [0.265625, None, 0.203125],
+    },
     "ipo": {
         "loss/total": [25.0, 24.032528, 24.900396],
         "optim/grad_norm": [92.748466, 68.033066, 56.316971],
+    },
+    "kto": {
+        "loss/total": [0.5, 0.496148, 0.499797],
+        "optim/grad_norm": [0.308838, 0.298708, 0.157434],
     },
     "luffy": {
         "loss/total": [0.01172, 0.010767, 0.008199],
         "optim/grad_norm": [0.422704, 0.254038, 0.409106],
         "reward/mean": [0.267857, 0.089286, 0.214286],
     },
+    "metis_rise": {
+        "loss/total": [-0.004798, 0.745301, 0.615162],
+        "optim/grad_norm": [1.334971, 9.257995, 3.053126],
+        "reward/mean": [0.265625, 0.265625, 0.21875],
+    },
     "orpo": {
         "loss/total": [0.709539, 0.687092, 0.625362],
         "optim/grad_norm": [4.450624, 6.495721, 2.468227],
+    },
+    "otr": {
+        "loss/total": [0.083719, 0.082674, 0.073622],
+        "optim/grad_norm": [0.691374, 1.513184, 1.344555],
+    },
+    "poft": {
+        "loss/total": [0.693147, 0.706435, 0.663457],
+        "optim/grad_norm": [1.741123, 2.041217, 0.816449],
     },
     "ppo": {
         "loss/total": [0.079607, 0.124467, -0.007437],
@@ -86,6 +174,16 @@ GOLDEN = {
         "optim/grad_norm": [2.91596, 8.887285, 6.85243],
         "reward/mean": [None, 0.339063, 0.310938],
     },
+    "reinforce_pp": {
+        "loss/total": [0.0, -0.0, -0.0],
+        "optim/grad_norm": [1.772227, 2.694395, 5.941468],
+        "reward/mean": [0.265625, 0.21875, 0.25],
+    },
+    "reinforce_pp_baseline": {
+        "loss/total": [0.0, 0.0, 0.0],
+        "optim/grad_norm": [1.604321, 2.341791, 4.5144],
+        "reward/mean": [0.265625, 0.203125, 0.21875],
+    },
     "relift": {
         "loss/total": [1.056171, 0.370838, 0.002397],
         "optim/grad_norm": [10.46171, 1.281399, 0.762872],
@@ -96,6 +194,16 @@ GOLDEN = {
         "optim/grad_norm": [2.432158, 4.676655, 1.217879],
         "reward/mean": [0.3125, 0.234375, 0.296875],
     },
+    "rloo": {
+        "loss/total": [-0.002838, -0.007608, 0.000985],
+        "optim/grad_norm": [0.771946, 0.964035, 1.771445],
+        "reward/mean": [0.265625, 0.203125, 0.1875],
+    },
+    "s3ft": {
+        "loss/total": [0.675716, 0.643435, 0.582669],
+        "optim/grad_norm": [4.244168, 6.276827, 2.188244],
+        "reward/mean": [0.375, 0.375, 0.5],
+    },
     "sasr": {
         "loss/total": [0.647195, 0.623502, 0.003828],
         "optim/grad_norm": [2.91596, 3.586975, 3.453914],
@@ -104,6 +212,10 @@ GOLDEN = {
     "sft": {
         "loss/total": [0.647195, 0.623502, 0.581151],
         "optim/grad_norm": [2.91596, 3.586975, 1.702341],
+    },
+    "sft_then_dpo": {
+        "loss/total": [0.647195, 0.693147, 0.685323],
+        "optim/grad_norm": [2.91596, 0.467399, 0.800993],
     },
     "sft_then_grpo": {
         "loss/total": [0.647195, 0.010453, 0.010203],
@@ -118,10 +230,40 @@ GOLDEN = {
         "loss/total": [0.693147, 0.693147, 0.693147],
         "optim/grad_norm": [0.801357, 1.577355, 0.771453],
     },
+    "srft": {
+        "loss/total": [-0.298374, -0.444711, -0.306869],
+        "optim/grad_norm": [1.071886, 1.232188, 0.811495],
+        "reward/mean": [0.267857, 0.107143, 0.25],
+    },
     "star": {
         "loss/total": [0.535571, 0.593938, 0.624605],
         "optim/grad_norm": [1.763985, 2.820081, 3.991201],
         "reward/mean": [0.265625, 0.265625, 0.234375],
+    },
+    "superhf": {
+        "loss/total": [0.573222, 0.604199, 0.645972],
+        "optim/grad_norm": [3.161763, 5.495499, 5.511797],
+        "reward/mean": [0.265625, 0.296875, 0.25],
+    },
+    "tulu3": {
+        "loss/total": [0.647195, 0.693147, 0.00706],
+        "optim/grad_norm": [2.91596, 0.467399, 1.71965],
+        "reward/mean": [None, None, 0.234375],
+    },
+    "uft": {
+        "loss/total": [0.039176, 0.000246, -0.003155],
+        "optim/grad_norm": [0.51631, 1.158995, 1.107282],
+        "reward/mean": [0.984375, 0.640625, 0.140625],
+    },
+    "visurf": {
+        "loss/total": [0.01162, 0.001529, 0.001301],
+        "optim/grad_norm": [1.334595, 2.419202, 1.736553],
+        "reward/mean": [0.267857, 0.107143, 0.214286],
+    },
+    "warmup_rl": {
+        "loss/total": [8.629989, 0.014024, 0.002572],
+        "optim/grad_norm": [13.199078, 1.074926, 1.997977],
+        "reward/mean": [None, 0.234375, 0.1875],
     },
 }
 
@@ -170,7 +312,7 @@ def step_gradient(out, step: int, *overrides: str) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
-@pytest.mark.parametrize("method", ["chord", "luffy"])
+@pytest.mark.parametrize("method", ["chord", "luffy", "kto", "reinforce_pp", "dapo", "poft"])
 def test_step_gradient_does_not_depend_on_microbatch_size(method, warm_tiny, tmp_path):
     """One whole step with one micro-batch vs many."""
     args = [f"method={method}", f"model.name={warm_tiny}", *PRESET_ARGS[method]]
@@ -180,7 +322,7 @@ def test_step_gradient_does_not_depend_on_microbatch_size(method, warm_tiny, tmp
     torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["chord", "relift", "sasr", "ppo", "spin"])
+@pytest.mark.parametrize("method", ["chord", "relift", "sasr", "ppo", "spin", "dapo", "tulu3"])
 def test_resume_gives_the_same_metrics(method, warm_tiny, tmp_path):
     """Stop after 2 steps, resume to 4: the same metrics and final weights, bitwise. Covers a
     controller's schedule (chord), a buffer and a second optimizer (relift), a controller that
@@ -314,7 +456,9 @@ if __name__ == "__main__":  # print fresh golden values
         d = Path(d)
         train(tiny_config(d / "warm", *WARMUP), log=lambda s: None)
         warm = latest_checkpoint(d / "warm") / "model"
-        for m in sorted(PRESETS):
+        import sys
+
+        for m in sys.argv[1:] or sorted(PRESETS):
             rows = first_metrics(m, warm, d / m)
             keys = ["loss/total", "optim/grad_norm"]
             if any(r.get("reward/mean") is not None for r in rows):

@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         params[k] = _parse_value(v)
     model, tok = load_model(args.model)
     task = get_task(args.task, params)
-    enc = Encoder(tok)
+    enc = Encoder(tok, prior=args.prior)
     out = {}
     for split in args.splits.split(","):
         exs = task.examples(split, args.prompts, seed=args.seed)
@@ -111,6 +111,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from tandem.algo.objective import TERMS
     from tandem.methods import PRESETS, get_preset
     from tandem.train.filters import FILTERS
+    from tandem.train.selection import SELECTORS
     from tandem.train.sources import SOURCES
 
     if args.details:
@@ -125,7 +126,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         return 0
     print("method presets (use with method: NAME in a recipe, or method=NAME on the command line):")
     for p in PRESETS.values():
-        print(f"  {p.name:<14} {p.summary}")
+        print(f"  {p.name:<22} {p.summary}")
     print("bundled recipes (tandem train NAME):")
     for name, path in sorted(bundled_recipes().items()):
         first = next(
@@ -139,6 +140,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         ("advantage estimators", ADVANTAGES),
         ("filters", FILTERS),
         ("controllers", CONTROLLERS),
+        ("prompt selectors (objective.sources.<name>.select)", SELECTORS),
     ):
         print(f" {title}:")
         for name, summary in reg.summaries():
@@ -202,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pass-samples", type=int, default=8)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    e.add_argument(
+        "--prior",
+        default=None,
+        help="prior prompt around each question, as in training (task.prior): reasoning, "
+        "planning, code, knowledge, null_example, or a template with {prompt}",
+    )
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser(

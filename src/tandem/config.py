@@ -58,6 +58,10 @@ class TaskConfig(_Strict):
     """Number of distinct training examples drawn from the task (iterated in shuffled epochs)."""
     system_prompt: str | None = None
     """Optional system message, used when the model has a chat template."""
+    prior: str | None = None
+    """A prior prompt around every question, in training and evaluation: reasoning,
+    planning, code, knowledge, null_example (`tandem.encode.PRIORS`), or a template with
+    `{prompt}`; null: the question alone."""
 
 
 class RolloutConfig(_Strict):
@@ -151,6 +155,9 @@ class StageConfig(_Strict):
     """Start the stage with fresh optimizer moments (as RL from an SFT checkpoint; the SFT
     stage's Adam statistics would otherwise scale the next stage's updates). The first stage
     always starts fresh."""
+    task: TaskConfig | None = None
+    """This stage's own task (its training examples and verifier), e.g. a warm-up domain
+    before RL on the target task; null: the run's `task`. Evaluation always uses the run's."""
     reference: Literal["keep", "stage_start"] = "keep"
     """The reference model (KL, DPO, SPIN's opponent): `keep` the one held so far (at first the
     initial model), or `stage_start`: the policy as this stage starts (ReFT's RL stage, SPIN)."""
@@ -190,6 +197,9 @@ class EvalConfig(_Strict):
     pass_samples: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     """Prompts decoded together during evaluation."""
+    condition: str | None = None
+    """A tag put before every evaluation question: the class to condition on (C-RLFT
+    evaluates with its best class's tag, the one its expert source trained with)."""
 
 
 class RunConfig(_Strict):

@@ -51,12 +51,16 @@ class Span:
     ids: list[int]
     role: str
     logp: list[float] | None = None
+    weights: list[float] | None = None
+    """Per-token loss weights (FAIT's error-sensitive tokens), None: 1 for every token."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLE_ID:
             raise ValueError(f"span role {self.role!r}; allowed: {', '.join(ROLES)}")
         if self.logp is not None and len(self.logp) != len(self.ids):
             raise ValueError(f"span has {len(self.ids)} ids but {len(self.logp)} log-probs")
+        if self.weights is not None and len(self.weights) != len(self.ids):
+            raise ValueError(f"span has {len(self.ids)} ids but {len(self.weights)} weights")
 
 
 @dataclass
@@ -139,6 +143,8 @@ class Batch:
     behav_mask_BT: Tensor
     """1.0 where the behaviour (sampler) log-prob of the token is known."""
     adv_BT: Tensor
+    token_weight_BT: Tensor
+    """Per-token loss weights (1 unless a span sets them: FAIT)."""
     reward_B: Tensor
     """Reward of each row; NaN for rows that were not scored."""
     weight_B: Tensor
@@ -232,12 +238,15 @@ def collate(items: list[Item], pad_id: int, device: torch.device | str = "cpu") 
     behav = torch.zeros((b, t), dtype=torch.float32)
     behav_m = torch.zeros((b, t), dtype=torch.float32)
     adv = torch.zeros((b, t), dtype=torch.float32)
+    tok_w = torch.ones((b, t), dtype=torch.float32)
     for i, it in enumerate(items):
         col = 0
         for s in it.spans:
             n = len(s.ids)
             ids[i, col : col + n] = torch.tensor(s.ids, dtype=torch.long)
             role[i, col : col + n] = ROLE_ID[s.role]
+            if s.weights is not None:
+                tok_w[i, col : col + n] = torch.as_tensor(s.weights, dtype=torch.float32)
             if s.logp is not None:
                 behav[i, col : col + n] = torch.as_tensor(s.logp, dtype=torch.float32)
                 behav_m[i, col : col + n] = 1.0
@@ -261,6 +270,7 @@ def collate(items: list[Item], pad_id: int, device: torch.device | str = "cpu") 
         behav_logp_BT=behav.to(dev),
         behav_mask_BT=behav_m.to(dev),
         adv_BT=adv.to(dev),
+        token_weight_BT=tok_w.to(dev),
         reward_B=torch.tensor(
             [math.nan if it.reward is None else float(it.reward) for it in items], device=dev
         ),

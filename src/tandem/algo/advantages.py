@@ -114,6 +114,14 @@ def rloo(rewards_N: Tensor, group_N: Tensor, *, eps: float = 1e-6) -> Tensor:
 
 
 @torch.no_grad()
+def reinforce(rewards_N: Tensor, group_N: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Plain REINFORCE (Williams 1992): A_i = r_i, no baseline (the reference point against
+    which baselines are measured). ``group_N`` and ``eps`` are unused. Shapes: (N,) → (N,)."""
+    del group_N, eps
+    return _as_float(rewards_N).clone()
+
+
+@torch.no_grad()
 def equal_reward_groups(rewards_N: Tensor, group_N: Tensor) -> Tensor:
     """Bool mask (N,): True for items whose group has all-equal rewards (max == min).
 
@@ -190,8 +198,74 @@ for _name, _fn, _summary in (
     ("grpo", grpo, "GRPO: (r − mean_g) / (std_g + eps) over each group"),
     ("dr_grpo", dr_grpo, "Dr. GRPO: r − mean_g (no std)"),
     ("rloo", rloo, "RLOO: leave-one-out baseline n/(n−1)·(r − mean_g)"),
+    ("reinforce", reinforce, "REINFORCE: A = r, no baseline"),
 ):
     ADVANTAGES.add(_name, Estimator(_outcome(_fn)), OutcomeSpec, _summary)
+
+
+class ReinforcePpSpec(Spec):
+    """REINFORCE++'s token returns (the outcome on the last token, a per-token KL penalty),
+    whitened over the whole batch rather than per group."""
+
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    kl_coef: float = Field(0.0, ge=0.0)
+    """β of the KL penalty in the reward, r_t −= β·KL_t (REINFORCE++ folds KL into the reward)."""
+    kl_estimator: Literal[tuple(KL_ESTIMATORS)] = "k1"  # type: ignore[valid-type]
+
+    def extra_needs(self) -> set[str]:
+        return {"old_logp_batch", "ref_logp"} if self.kl_coef > 0 else set()
+
+
+@torch.no_grad()
+def discounted_returns(reward_BT: Tensor, mask_BT: Tensor, gamma: float = 1.0) -> Tensor:
+    """G_t = Σ_{k≥t} γ^{k−t}·r_k over each row's masked tokens (0 outside the mask), right to
+    left: verl `compute_reinforce_plus_plus_outcome_advantage`'s returns (which reset after
+    the response's end; masked positions here do not interrupt the sum). Shapes: (B, T)."""
+    m_BT = mask_BT.bool()
+    g = torch.zeros(reward_BT.shape[0], dtype=torch.float64, device=reward_BT.device)
+    out = torch.zeros(reward_BT.shape, dtype=torch.float64, device=reward_BT.device)
+    for t in range(reward_BT.shape[1] - 1, -1, -1):
+        on = m_BT[:, t]
+        g = torch.where(on, reward_BT[:, t].double() + gamma * g, g)
+        out[:, t] = torch.where(on, g, torch.zeros_like(g))
+    return out.to(reward_BT.dtype)
+
+
+def _reinforce_pp(
+    x: AdvantageInputs, *, gamma: float, kl_coef: float, kl_estimator: str
+) -> Advantages:
+    mask = x.mask_BT * (~torch.isnan(x.reward_B)).float()[:, None]
+    r_BT = token_rewards(x.reward_B, mask)
+    if kl_coef > 0:
+        r_BT = r_BT - kl_coef * kl_penalty(x.old_logp_BT, x.ref_logp_BT, kl_estimator) * mask
+    return Advantages(masked_whiten(discounted_returns(r_BT, mask, gamma), mask))
+
+
+class ReinforcePpBaselineSpec(Spec):
+    """REINFORCE++-baseline: the group mean subtracted, then whitened over the whole batch."""
+
+
+def _reinforce_pp_baseline(x: AdvantageInputs) -> Advantages:
+    scored_B = ~torch.isnan(x.reward_B)
+    mask = x.mask_BT * scored_B.float()[:, None]
+    a_B = torch.zeros_like(x.reward_B)
+    if scored_B.any():
+        a_B[scored_B] = dr_grpo(x.reward_B[scored_B], x.group_B[scored_B])
+    return Advantages(masked_whiten(a_B[:, None] * mask, mask))
+
+
+ADVANTAGES.add(
+    "reinforce_pp",
+    Estimator(_reinforce_pp),
+    ReinforcePpSpec,
+    "REINFORCE++: discounted returns with KL in the reward, whitened over the batch",
+)
+ADVANTAGES.add(
+    "reinforce_pp_baseline",
+    Estimator(_reinforce_pp_baseline),
+    ReinforcePpBaselineSpec,
+    "REINFORCE++-baseline: r − mean_g, whitened over the batch",
+)
 
 
 class GaeSpec(Spec):
@@ -208,7 +282,7 @@ class GaeSpec(Spec):
     """Whiten the advantages over the whole batch (ReFT, verl)."""
 
     def extra_needs(self) -> set[str]:
-        return {"old_logp", "ref_logp"} if self.kl_coef > 0 else set()
+        return {"old_logp_batch", "ref_logp"} if self.kl_coef > 0 else set()
 
 
 def token_rewards(reward_B: Tensor, mask_BT: Tensor) -> Tensor:
@@ -217,10 +291,11 @@ def token_rewards(reward_B: Tensor, mask_BT: Tensor) -> Tensor:
     m = mask_BT.bool()
     T = m.shape[1]
     last_B = (T - 1 - m.flip(1).float().argmax(1)).clamp(min=0)
-    out = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
+    dtype = reward_B.dtype if reward_B.is_floating_point() else torch.float32
+    out = torch.zeros(mask_BT.shape, dtype=dtype, device=mask_BT.device)
     has_B = m.any(1) & ~torch.isnan(reward_B)
     rows = has_B.nonzero().squeeze(1)
-    out[rows, last_B[rows]] = reward_B[rows].float()
+    out[rows, last_B[rows]] = reward_B[rows].to(dtype)
     return out
 
 
@@ -262,10 +337,12 @@ __all__: list[str] = [
     "AdvantageInputs",
     "Advantages",
     "dr_grpo",
+    "discounted_returns",
     "equal_reward_groups",
     "estimate",
     "estimator_needs",
     "grpo",
+    "reinforce",
     "rloo",
     "token_rewards",
 ]

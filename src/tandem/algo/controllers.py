@@ -169,6 +169,106 @@ class Cosine(_Base):
         return self.end + 0.5 * (1.0 + math.cos(math.pi * frac)) * (self.start - self.end)
 
 
+class PeriodicSpec(Spec):
+    """1 at one step in every `period`, 0 at the others."""
+
+    period: int = Field(ge=1)
+    """Steps per cycle: with period k + 1, k steps at 0 then one at 1 (SFT every k RL steps)."""
+    phase: int | None = Field(None, ge=0)
+    """The step of each cycle at 1 (0-based); default: the cycle's last step, period − 1."""
+
+
+@CONTROLLERS.register("periodic", PeriodicSpec, "1 once every `period` steps (interleaving)")
+class Periodic(_Base):
+    """value(k) = 1 if k mod period == phase else 0. As a term's coefficient (and `1-name` for
+    the other terms) it interleaves two objectives: one SFT step after every period − 1 RL
+    steps, the fixed-schedule form of ReLIFT's interleaving (arXiv 2506.07527)."""
+
+    kind = "periodic"
+    _state_keys = ("period", "phase")
+
+    def __init__(self, period: int, phase: int | None) -> None:
+        self.period = int(period)
+        self.phase = self.period - 1 if phase is None else int(phase)
+        if not 0 <= self.phase < self.period:
+            raise ConfigError(f"phase must be in [0, period), got {phase} with period {period}")
+
+    def value(self, step: int) -> float:
+        return 1.0 if step % self.period == self.phase else 0.0
+
+
+class TargetEntropySpec(Spec):
+    """A sampling temperature that holds the rollouts' entropy at a target (AceReason's rule)."""
+
+    init: float = Field(1.0, gt=0.0)
+    """The temperature at the first step."""
+    target: float = Field(0.3, gt=0.0)
+    """The entropy to hold (AceReason-Nemotron 1.1: about 0.3)."""
+    rate: float = Field(1.0, gt=0.0)
+    """log T moves by rate·(target − H) per re-check."""
+    tolerance: float = Field(0.02, ge=0.0)
+    """No change while |H − target| is within this (re-check only when entropy drifts)."""
+    min_temperature: float = Field(0.1, gt=0.0)
+    max_temperature: float = Field(2.0, gt=0.0)
+    stat: str = "rollout/entropy"
+    """The metric it reads: the mean −log p of the sampled tokens under the sampling
+    distribution (an unbiased estimate of its entropy at the current temperature)."""
+
+
+@CONTROLLERS.register(
+    "target_entropy", TargetEntropySpec, "temperature holding a target rollout entropy"
+)
+class TargetEntropy(_Base):
+    """AceReason-Nemotron 1.1 (arXiv 2506.13284) chooses the RL sampling temperature so that the
+    temperature-adjusted entropy stays about 0.3, re-checking when entropy drifts (the paper
+    sweeps T; the rule's exact form is not public, ALGORITHMS.md's RECON). Here it is a feedback
+    loop on the measured entropy H of each step's rollouts at the current temperature T:
+
+        |H − target| > tolerance:  T ← clip(T·exp(rate·(target − H)), min, max)
+
+    H rises with T, so T falls when the rollouts are too random and rises when they are too
+    sure. Use its name as a source's `temperature`. Its state (T) is in every checkpoint."""
+
+    kind = "target_entropy"
+    _state_keys = ("temperature",)
+
+    def __init__(
+        self,
+        init: float,
+        target: float,
+        rate: float,
+        tolerance: float,
+        min_temperature: float,
+        max_temperature: float,
+        stat: str,
+    ) -> None:
+        if min_temperature > max_temperature:
+            raise ConfigError(
+                f"min_temperature ({min_temperature}) must be <= max_temperature ({max_temperature})"
+            )
+        self.temperature = float(init)
+        self.target, self.rate, self.tolerance = float(target), float(rate), float(tolerance)
+        self.lo, self.hi, self.stat = float(min_temperature), float(max_temperature), stat
+        self.last: float | None = None
+
+    def value(self, step: int) -> float:
+        return self.temperature
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        h = stats.get(self.stat)
+        if h is None:
+            return
+        self.last = float(h)
+        if abs(h - self.target) > self.tolerance:
+            t = self.temperature * math.exp(self.rate * (self.target - h))
+            self.temperature = min(max(t, self.lo), self.hi)
+
+    def metrics(self) -> dict[str, float]:
+        return {"temperature": self.temperature} | (
+            {"entropy": self.last} if self.last is not None else {}
+        )
+
+
 class AdaptiveKlSpec(Spec):
     """β that moves the measured KL towards a target (verl's AdaptiveKLController)."""
 
@@ -313,7 +413,9 @@ __all__ = [
     "Constant",
     "Controller",
     "Cosine",
+    "Periodic",
     "Sasr",
+    "TargetEntropy",
     "WarmupCosine",
     "build_controller",
 ]

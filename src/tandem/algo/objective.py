@@ -12,14 +12,20 @@ once), its level and what it needs the step to compute:
   normalizes (`agg`, counted once on the whole batch): pg, nll, dft, chord_phi, kl, entropy,
   value.
 - **pair** terms map per-pair sequence scores (P,) to a per-pair loss, averaged over the pairs
-  of the whole batch: dpo, ipo, simpo, orpo.
+  of the whole batch: dpo, ipo, simpo, orpo, asft.
+- **seq** terms map per-response sequence scores (N,) to a per-response loss, averaged over the
+  responses of the whole batch: kto, poft. A term kind may have a `prepare` function that
+  computes batch-wide statistics once, before the first update (KTO's reference point z_0),
+  passed to every micro-batch's call, so the micro-batch split does not change them.
 
 Needs (`NEEDS`) are filled once per batch and only when an active term asks: ``old_logp``
 (the policy before the update: a no-grad forward when the batch gets several updates, else
 the current log-probs detached, ratio 1), ``ref_logp`` (the reference model), ``entropy``,
 ``values``/``old_values``/``returns`` (the value head and the advantage estimator), ``adv``
 (an advantage estimator must be configured), ``vocab_logp``/``ref_vocab_logp`` (the policy's
-and the reference's whole distribution at each token: vocab_kl).
+and the reference's whole distribution at each token: vocab_kl), ``old_logp_batch`` (the
+policy's log-probs on the whole batch before the update even with one update: a `prepare`
+reads them).
 
 Every term reads its tokens through `mask` (its sources, roles and pair side); the math itself
 is in the pure functions of `tandem.algo.terms`, `.preference` and `.value`, which the adapters
@@ -44,8 +50,10 @@ from tandem.algo.terms import (
     chord_phi_nll,
     clipped_pg,
     dft_nll,
+    gspo_pg,
     kl_penalty,
     nll,
+    one_token_rollout,
     shaped_pg,
     unclipped_pg,
     vocab_kl,
@@ -63,6 +71,7 @@ NEEDS = (
     "adv",
     "vocab_logp",
     "ref_vocab_logp",
+    "old_logp_batch",
 )
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -90,6 +99,10 @@ class TokenInputs:
     """(B, T, V) the policy's log-softmax over the vocabulary at each target token, with grad."""
     ref_vocab_logp: Tensor | None = None
     """(B, T, V) the reference's, no grad."""
+    mask: Tensor | None = None
+    """(B, T) 0/1, the tokens this term trains on (a sequence-level ratio averages over it)."""
+    reward: Tensor | None = None
+    """(B,) each row's reward (NaN: not scored)."""
 
 
 @dataclass
@@ -106,11 +119,36 @@ class PairInputs:
     ref_l: Tensor | None = None
 
 
+@dataclass
+class SeqInputs:
+    """Sequence scores of the responses of one micro-batch (N,): sums of the term's token
+    log-probs, token counts, the reference's sums (None without a reference) and the label
+    `desirable` (an item's `chosen`: a verified or gold response)."""
+
+    logp: Tensor
+    len: Tensor
+    desirable: Tensor
+    ref: Tensor | None = None
+
+
+@dataclass
+class BatchScores:
+    """What a term's `prepare` reads, over all of its rows in the whole batch (N,)."""
+
+    old_logp: Tensor | None
+    ref: Tensor | None
+    len: Tensor
+    desirable: Tensor
+
+
 @dataclass(frozen=True)
 class TermKind:
     fn: Callable[..., Tensor | tuple[Tensor, dict[str, Tensor]]]
-    level: Literal["token", "pair"]
+    level: Literal["token", "pair", "seq"]
     needs: frozenset[str]
+    prepare: Callable[[BatchScores], dict[str, Tensor]] | None = None
+    """Batch-wide statistics, computed once before the first update and passed to `fn` as
+    keyword arguments (KTO's z_0)."""
 
 
 class TermSpec(Spec):
@@ -144,9 +182,16 @@ def params_of(spec: Spec) -> dict:
     return {k: v for k, v in spec.model_dump().items() if k not in _COMMON}
 
 
-def _term(name: str, spec: type[Spec], level: str, needs: tuple[str, ...], summary: str):
+def _term(
+    name: str,
+    spec: type[Spec],
+    level: str,
+    needs: tuple[str, ...],
+    summary: str,
+    prepare: Callable | None = None,
+):
     def deco(fn):
-        TERMS.add(name, TermKind(fn, level, frozenset(needs)), spec, summary)
+        TERMS.add(name, TermKind(fn, level, frozenset(needs), prepare), spec, summary)
         return fn
 
     return deco
@@ -165,7 +210,11 @@ class PgSpec(TokenTermSpec):
     clip_high: float = Field(0.2, ge=0.0)
     """Clip range [1 − clip_low, 1 + clip_high]; DAPO's clip-higher uses 0.28."""
     clip_ratio_c: float | None = 3.0
-    """Dual-clip bound for negative advantages (verl default 3.0); null disables it."""
+    """Dual-clip bound for negative advantages (verl default 3.0); null disables it (token
+    ratios only)."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """`sequence`: GSPO's ratio, the sequence's mean log-ratio for every token, clipped as a
+    whole (arXiv 2507.18071; its clip range is small, e.g. 3e-4 / 4e-4)."""
     off_policy: Literal["ratio", "shaped"] = "ratio"
     """Demonstration and prefix tokens: `ratio` = the same term as sampled tokens (ratio to
     the policy before the update, Prefix-RFT as coded); `shaped` = LUFFY's policy shaping
@@ -179,9 +228,9 @@ class PgSpec(TokenTermSpec):
         return {"entropy"} if self.prefix_entropy_keep < 1.0 else set()
 
 
-def _keep_high_entropy(mask_BT: Tensor, entropy_BT: Tensor, keep: float) -> Tensor:
-    """Per row, 1 on the ceil(keep · n) highest-entropy entries of `mask_BT` (n = its count)."""
-    ent = torch.where(mask_BT, entropy_BT.detach(), torch.full_like(entropy_BT, -torch.inf))
+def _top_per_row(mask_BT: Tensor, score_BT: Tensor, keep: float) -> Tensor:
+    """Per row, 1 on the ceil(keep · n) highest-scoring entries of `mask_BT` (n = its count)."""
+    ent = torch.where(mask_BT, score_BT.detach(), torch.full_like(score_BT, -torch.inf))
     n_B = mask_BT.sum(1)
     k_B = torch.ceil(n_B.double() * keep).long()
     rank_BT = ent.argsort(1, descending=True).argsort(1)
@@ -196,6 +245,7 @@ def _pg(
     clip_low: float,
     clip_high: float,
     clip_ratio_c: float | None,
+    ratio_level: str,
     off_policy: str,
     shaping_gamma: float,
     prefix_entropy_keep: float,
@@ -203,9 +253,15 @@ def _pg(
     adv = x.adv
     if prefix_entropy_keep < 1.0:  # Prefix-RFT: low-entropy prefix tokens get no advantage
         prefix = x.role == ROLE_ID["prefix"]
-        keep = _keep_high_entropy(prefix, x.entropy, prefix_entropy_keep)
+        keep = _top_per_row(prefix, x.entropy, prefix_entropy_keep)
         adv = torch.where(prefix & ~keep, torch.zeros_like(adv), adv)
-    if clip:
+    if clip and ratio_level == "sequence":
+        loss = gspo_pg(x.logp, x.old_logp, adv, x.mask, clip_low, clip_high)
+        m = x.mask.to(x.logp.dtype)
+        log_s = ((x.logp.detach() - x.old_logp) * m).sum(1) / m.sum(1).clamp(min=1)
+        ratio = torch.exp(log_s)[:, None].expand_as(x.logp)
+        clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
+    elif clip:
         loss = clipped_pg(x.logp, x.old_logp, adv, clip_low, clip_high, clip_ratio_c)
         ratio = torch.exp(x.logp.detach() - x.old_logp)
         clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
@@ -235,6 +291,52 @@ def _dft(x: TokenInputs):
 @_term("chord_phi", NllSpec, "token", (), "CHORD-φ: −sg(p(1−p))·log p (arXiv 2508.11408)")
 def _chord_phi(x: TokenInputs):
     return chord_phi_nll(x.logp)
+
+
+def _row_mean_entropy(x: TokenInputs) -> Tensor:
+    """(B, 1) each row's token-mean entropy over the term's tokens, detached."""
+    m = x.mask.to(x.entropy.dtype)
+    return ((x.entropy.detach() * m).sum(1) / m.sum(1).clamp(min=1))[:, None]
+
+
+class EntropyNllSpec(TokenTermSpec):
+    """NLL weighted per sequence by its entropy: w_i = scale·exp(sign·H̄_i), H̄_i the row's
+    token-mean entropy over the term's tokens, detached (SRFT's SFT weight: 0.5·exp(−H))."""
+
+    scale: float = Field(0.5, gt=0.0)
+    sign: Literal[-1, 1] = -1
+
+
+@_term(
+    "entropy_nll", EntropyNllSpec, "token", ("entropy",), "NLL × scale·exp(±H̄) per sequence (SRFT)"
+)
+def _entropy_nll(x: TokenInputs, *, scale: float, sign: int):
+    return -scale * torch.exp(sign * _row_mean_entropy(x)) * x.logp
+
+
+class SrftRlSpec(TokenTermSpec):
+    """SRFT's RL term over a group's own samples and its in-group demonstration."""
+
+    rl_scale: float = Field(0.1, gt=0.0)
+    """Correct own samples are weighted rl_scale·exp(H̄_i)."""
+    shaping_gamma: float = Field(0.1, gt=0.0)
+    """Demonstration tokens: LUFFY's −A·p/(p + γ)."""
+    success_reward: float = 1.0
+
+
+@_term(
+    "srft_rl",
+    SrftRlSpec,
+    "token",
+    ("entropy", "adv"),
+    "SRFT: −w·log p on correct / +log p on wrong own samples, shaped PG on demonstrations",
+)
+def _srft_rl(x: TokenInputs, *, rl_scale: float, shaping_gamma: float, success_reward: float):
+    ok = (x.reward >= success_reward)[:, None]
+    a = torch.where(ok, rl_scale * torch.exp(_row_mean_entropy(x)), -torch.ones_like(x.logp))
+    own = -a * x.logp
+    demo = x.role == ROLE_ID["demo"]
+    return torch.where(demo, shaped_pg(x.logp, x.adv, shaping_gamma), own)
 
 
 class KlSpec(TokenTermSpec):
@@ -293,6 +395,54 @@ def _vocab_kl(x: TokenInputs):
     return vocab_kl(x.vocab_logp, x.ref_vocab_logp)
 
 
+class SsTokenSpec(TokenTermSpec):
+    """NLL on the most learnable tokens of each response: ssToken's self-modulated selection."""
+
+    keep: float = Field(0.6, gt=0.0, le=1.0)
+    """ρ: the fraction of each response's tokens trained on (the top by REL)."""
+
+
+@_term(
+    "sstoken",
+    SsTokenSpec,
+    "token",
+    ("ref_logp",),
+    "NLL on the top-ρ tokens by retrospective excess loss log π_θ − log π_ref (ssToken)",
+)
+def _sstoken(x: TokenInputs, *, keep: float):
+    """ssToken (arXiv 2510.18250, jianke0604/ssToken): a token's retrospective excess loss
+    REL = log π_θ(y_t) − log π_his(y_t) (the history model: here the run's reference, the
+    frozen initial model, the paper's default); NLL is taken only on the ceil(ρ·n) tokens of
+    each response with the highest REL (detached). Deviations: the paper scores γ·norm(REL) +
+    (1 − γ)·attention importance; tandem's fused forward exposes no attention weights, so
+    γ = 1 (the paper's "self-modulated only" variant). The selection is per response (so the
+    micro-batch split cannot change it) and the loss is normalized over all of the term's
+    tokens (a constant factor ρ from a mean over the selected ones)."""
+    rel = x.logp.detach() - x.ref_logp
+    keep_BT = _top_per_row(x.mask.bool(), rel, keep)
+    return -x.logp * keep_BT.to(x.logp.dtype)
+
+
+class OtrSpec(TokenTermSpec):
+    """One-Token Rollout on demonstration tokens, in expectation over the sampled token."""
+
+    temperature: float = Field(1.0, gt=0.0)
+    """τ of the one-token sampling distribution q = softmax(log π / τ)."""
+    beta: float = Field(0.1, ge=0.0)
+    """Penalty weight on probability the policy puts on wrong tokens."""
+
+
+@_term(
+    "otr",
+    OtrSpec,
+    "token",
+    ("vocab_logp",),
+    "One-Token Rollout: −[q(y)·log π(y) − β·Σ_{v≠y} q(v)·log π(v)] (arXiv 2509.26313)",
+)
+def _otr(x: TokenInputs, *, temperature: float, beta: float):
+    return one_token_rollout(x.logp, x.vocab_logp, temperature, beta)
+
+
 # ------------------------------------------------------------------------------- pair terms
 
 
@@ -349,6 +499,66 @@ def _orpo(x: PairInputs):
     return loss, {"margin": margin}
 
 
+class AsftSpec(TermSpec):
+    """ASFT's pointwise alignment term on preference pairs; its coefficient is ASFT's λ (pair it
+    with an `nll` term on the chosen rows, seq-mean-token-mean: c_ce·avg-NLL)."""
+
+    beta: float = Field(1.0, gt=0.0)
+
+
+@_term("asft", AsftSpec, "pair", (), "ASFT: −log σ(β·lo(y_w)) − log σ(−β·lo(y_l)), no reference")
+def _asft(x: PairInputs, *, beta: float):
+    loss, margin = preference.asft(x.logp_w, x.logp_l, x.len_w, x.len_l, beta)
+    return loss, {"margin": margin}
+
+
+# --------------------------------------------------------------------------- sequence terms
+
+
+class KtoSpec(TermSpec):
+    """KTO on single responses labelled desirable (an item's `chosen`) or undesirable."""
+
+    beta: float = Field(0.1, gt=0.0)
+    lambda_d: float = Field(1.0, ge=0.0)
+    """Weight of desirable responses (λ_D)."""
+    lambda_u: float = Field(1.0, ge=0.0)
+    """Weight of undesirable responses (λ_U); TRL warns unless λ_D·n_D / (λ_U·n_U) is in
+    [1, 4/3]."""
+
+
+def _kto_prepare(b: BatchScores) -> dict[str, Tensor]:
+    return {"z0": preference.kto_reference_point(b.old_logp, b.ref)}
+
+
+@_term(
+    "kto",
+    KtoSpec,
+    "seq",
+    ("ref_logp", "old_logp_batch"),
+    "KTO: λ·(1 − σ(±β(Δ − z_0))) on unpaired responses (arXiv 2402.01306)",
+    prepare=_kto_prepare,
+)
+def _kto(x: SeqInputs, *, beta: float, lambda_d: float, lambda_u: float, z0: Tensor):
+    loss, reward = preference.kto(x.logp, x.ref, x.desirable, z0, beta, lambda_d, lambda_u)
+    return loss, {"reward": reward, "z0": z0.expand_as(reward)}
+
+
+class PoftSpec(TermSpec):
+    """PoFT: prefer the trained model over the reference (the scorer) on the same response."""
+
+
+@_term(
+    "poft",
+    PoftSpec,
+    "seq",
+    ("ref_logp",),
+    "PoFT: −log σ(avg-logp_θ(y) − avg-logp_ref(y)) on demonstrations",
+)
+def _poft(x: SeqInputs):
+    loss, margin = preference.poft(x.logp, x.ref, x.len)
+    return loss, {"margin": margin}
+
+
 def term_needs(spec: TermSpec) -> frozenset[str]:
     """What a term needs the step to compute, given its settings."""
     return TERMS.get(spec.kind).needs | spec.extra_needs()  # type: ignore[attr-defined]
@@ -357,7 +567,9 @@ def term_needs(spec: TermSpec) -> frozenset[str]:
 __all__ = [
     "NEEDS",
     "TERMS",
+    "BatchScores",
     "PairInputs",
+    "SeqInputs",
     "TermKind",
     "TermSpec",
     "TokenInputs",

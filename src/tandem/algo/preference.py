@@ -103,4 +103,90 @@ def orpo_odds(
     return -F.logsigmoid(z_P), z_P.detach()
 
 
-__all__ = ["ORPO_MAX_AVG_LOGP", "dpo", "ipo", "orpo_odds", "simpo"]
+def _log_odds(avg_logp: Tensor) -> Tensor:
+    """log(P̄ / (1 − P̄)) of P̄ = exp(avg-logp), with avg-logp clamped as in `orpo_odds`."""
+    a = avg_logp.clamp(max=ORPO_MAX_AVG_LOGP)
+    return a - torch.log(-torch.expm1(a))
+
+
+def asft(
+    logp_w_P: Tensor,
+    logp_l_P: Tensor,
+    len_w_P: Tensor,
+    len_l_P: Tensor,
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """ASFT's alignment term (arXiv 2409.10571; turbo-alignment `ASFTLoss`, 72e737d):
+    ℓ = −log σ(β·lo(y_w)) − log σ(−β·lo(y_l)), lo(y) = log-odds of P̄(y) = exp(avg-logp(y)).
+
+    Pointwise, not a Bradley–Terry pair: each side is pushed on its own (the chosen response's
+    absolute likelihood up, the rejected one's down). The full loss is c_ce·NLL(y_w) + λ·ℓ: an
+    `nll` term on the chosen rows (seq-mean-token-mean, avg-logp) and this term with
+    coefficient λ. No reference model. Margin: lo(y_w) − lo(y_l).
+    """
+    lo_w = _log_odds(logp_w_P / len_w_P.clamp(min=1))
+    lo_l = _log_odds(logp_l_P / len_l_P.clamp(min=1))
+    loss_P = -F.logsigmoid(beta * lo_w) - F.logsigmoid(-beta * lo_l)
+    return loss_P, (lo_w - lo_l).detach()
+
+
+# ------------------------------------------------------------------------ sequence losses
+# Per-sequence scores (N,) of single responses (not pairs): ``logp_N`` summed log-probs,
+# ``ref_N`` the reference's, ``len_N`` token counts, ``desirable_N`` a 0/1 label.
+
+
+def kto_reference_point(old_logp_N: Tensor, ref_N: Tensor) -> Tensor:
+    """KTO's z_0 = max(0, mean_batch(log π(y|x) − log π_ref(y|x))), detached: the policy's KL
+    to the reference as measured on the batch before the update (a scalar)."""
+    if not old_logp_N.numel():
+        return torch.zeros((), dtype=old_logp_N.dtype, device=old_logp_N.device)
+    return (old_logp_N - ref_N).detach().mean().clamp(min=0.0)
+
+
+def kto(
+    logp_N: Tensor,
+    ref_N: Tensor,
+    desirable_N: Tensor,
+    z0: Tensor | float,
+    beta: float = 0.1,
+    lambda_d: float = 1.0,
+    lambda_u: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """KTO (arXiv 2402.01306; TRL `kto_trainer.py::kto_loss`, f2cd577), per response:
+    desirable: λ_D·(1 − σ(β(Δ − z_0))); undesirable: λ_U·(1 − σ(β(z_0 − Δ))), Δ = logp − ref
+    (sums). The loss is averaged over all responses of the batch, as TRL's mean over the
+    concatenated losses. Returns (loss_N, reward_N = β·Δ detached)."""
+    delta_N = logp_N - ref_N
+    des = desirable_N.bool()
+    loss_N = torch.where(
+        des,
+        lambda_d * (1.0 - torch.sigmoid(beta * (delta_N - z0))),
+        lambda_u * (1.0 - torch.sigmoid(beta * (z0 - delta_N))),
+    )
+    return loss_N, (beta * delta_N).detach()
+
+
+def poft(logp_N: Tensor, ref_N: Tensor, len_N: Tensor) -> tuple[Tensor, Tensor]:
+    """PoFT (arXiv 2412.12865), a Bradley–Terry preference of the trained model over a frozen
+    scorer model on the same demonstration: ℓ = −log σ(avg-logp_θ(y) − sg(avg-logp_ref(y))).
+
+    Its gradient is the NLL's times σ(avg_ref − avg_θ): demonstrations the scorer finds likely
+    but the model does not weigh most. RECON from the abstract (no code found): one scorer (the
+    run's reference model), token-averaged log-probs, no temperature. Returns (loss_N, margin_N =
+    avg_θ − avg_ref detached)."""
+    n = len_N.clamp(min=1)
+    z_N = logp_N / n - (ref_N / n).detach()
+    return -F.logsigmoid(z_N), z_N.detach()
+
+
+__all__ = [
+    "ORPO_MAX_AVG_LOGP",
+    "asft",
+    "dpo",
+    "ipo",
+    "kto",
+    "kto_reference_point",
+    "orpo_odds",
+    "poft",
+    "simpo",
+]

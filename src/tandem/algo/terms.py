@@ -86,6 +86,33 @@ def unclipped_pg(logp_BT: Tensor, old_logp_BT: Tensor, adv_BT: Tensor) -> Tensor
     return -adv_BT * _ratio(logp_BT, old_logp_BT)
 
 
+def gspo_pg(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    adv_BT: Tensor,
+    mask_BT: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> Tensor:
+    """GSPO's sequence-level clipped term (arXiv 2507.18071; verl `compute_policy_loss_gspo`).
+
+    log s_i = Σ_t m·(logp − old_logp) / Σ_t m          (the sequence's mean log-ratio)
+    log s_{i,t} = sg(log s_i) + logp − sg(logp), clamped at 10
+    ℓ = max(−A·s_{i,t}, −A·clip(s_{i,t}, 1 − clip_low, 1 + clip_high))
+
+    In value every token of a row has the row's ratio s_i (so the clip acts on whole
+    sequences); the gradient of each token is s_i·∇logp. No dual clip (as verl's GSPO loss).
+    verl forces seq-mean-token-mean aggregation; here that is the preset's `agg`.
+
+    Shapes: logp_BT, old_logp_BT, adv_BT, mask_BT: (B, T). Returns (B, T).
+    """
+    m_BT = mask_BT.to(logp_BT.dtype)
+    log_s_B = ((logp_BT - old_logp_BT) * m_BT).sum(1) / m_BT.sum(1).clamp(min=1)
+    log_s_BT = log_s_B.detach()[:, None] + logp_BT - logp_BT.detach()
+    s_BT = torch.exp(torch.clamp(log_s_BT, max=10.0))
+    return torch.maximum(-adv_BT * s_BT, -adv_BT * torch.clamp(s_BT, 1 - clip_low, 1 + clip_high))
+
+
 def shaped_pg(logp_BT: Tensor, adv_BT: Tensor, gamma: float = 0.1) -> Tensor:
     """LUFFY off-policy policy shaping: ℓ = −A·f(p), f(p) = p / (p + γ), p = exp(logp).
 
@@ -197,13 +224,36 @@ def vocab_kl(logp_BTV: Tensor, ref_logp_BTV: Tensor) -> Tensor:
     return (torch.exp(ref_logp_BTV) * (ref_logp_BTV - logp_BTV)).sum(-1)
 
 
+def one_token_rollout(
+    logp_BT: Tensor, logp_BTV: Tensor, temperature: float = 1.0, beta: float = 0.1
+) -> Tensor:
+    """OTR, One-Token Rollout (arXiv 2509.26313), in expectation: each position is a one-step
+    episode whose actions a ~ q = sg(softmax(log π / τ)) earn +1 when a is the gold token y and
+    a penalty β otherwise (ALGORITHMS.md's RECON, no code found):
+
+        ℓ_t = −[ q(y)·log π(y) − β·Σ_{v≠y} q(v)·log π(v) ]
+
+    This is the exact expectation of the RECON's K-sample estimate (1/K)Σ_k[1[a_k = y]·log π(a_k)
+    − β·1[a_k ≠ y]·log π(a_k)], the K → ∞ limit, computed from the whole distribution instead of
+    sampling K tokens (no sampling noise, no extra random stream). Shapes: logp_BT (B, T) the
+    gold token's log π, logp_BTV (B, T, V) all log π. Returns (B, T)."""
+    with torch.no_grad():
+        scaled = logp_BTV / temperature
+        q_BTV = torch.softmax(scaled, -1)
+        q_y = torch.exp(logp_BT.detach() / temperature - torch.logsumexp(scaled, -1))
+    others = (q_BTV * logp_BTV).sum(-1) - q_y * logp_BT
+    return -(q_y * logp_BT - beta * others)
+
+
 __all__ = [
     "KL_ESTIMATORS",
     "chord_phi_nll",
     "clipped_pg",
     "dft_nll",
+    "gspo_pg",
     "kl_penalty",
     "nll",
+    "one_token_rollout",
     "shaped_pg",
     "unclipped_pg",
     "vocab_kl",

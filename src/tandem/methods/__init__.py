@@ -8,10 +8,13 @@ modules below; its docstring gives the paper, what was checked against the autho
 the deviations (`tandem recipes --details NAME` prints it).
 
 - `core`: sft, grpo, chord, luffy, sft_then_grpo
-- `preference`: dpo, ipo, simpo, orpo, spin
+- `rl`: rloo, reinforce_pp, reinforce_pp_baseline, gspo, dapo
+- `reweighted`: dft, anchored_sft, asft, poft, otr
+- `preference`: dpo, ipo, simpo, orpo, kto, spin
 - `ppo`: ppo, reft
-- `hybrid`: prefix_rft, relift, sasr
-- `self_improve`: rft, star
+- `hybrid`: prefix_rft, relift, interleave, sasr, hpt, adaptive_mix, srft, uft, visurf
+- `self_improve`: rft, star, superhf, s3ft, metis_rise
+- `pipelines`: tulu3, sft_then_dpo
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ def get_preset(name: str) -> Preset:
 
 
 # The family modules register their presets on import (order = `tandem recipes` order).
-from tandem.methods import core, hybrid, ppo, preference, self_improve  # noqa: E402,F401
+from tandem.methods import (  # noqa: E402,F401
+    core,
+    hybrid,
+    pipelines,
+    ppo,
+    preference,
+    reweighted,
+    rl,
+    self_improve,
+)
 
 __all__ = ["PRESETS", "Preset", "get_preset", "preset"]

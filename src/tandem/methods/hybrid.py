@@ -103,6 +103,33 @@ def relift() -> dict:
 
 
 @preset(
+    "interleave",
+    "RL with one SFT step every k RL steps on a fixed schedule (the general form of ReLIFT)",
+    "ReLIFT arXiv 2506.07527 (interleaving); Metis-RISE arXiv 2506.13056",
+)
+def interleave() -> dict:
+    """Interleaved RL and SFT on a fixed schedule: the `every` controller (`periodic`, period
+    k + 1) is 1 on one step in k + 1 and 0 on the others; it is the coefficient of the `sft`
+    term (NLL on gold solutions) and 1 minus it that of the RL terms, so a step is either a
+    GRPO step or an SFT step and draws only the data its branch trains on. k = 3 by default
+    (`objective.controllers.every.period=4`). ReLIFT's interleaving is data-driven (SFT on a
+    buffer of the prompts RL fails on, when full: the `relift` preset); this is the plain
+    schedule that comparisons hold it against. The SFT steps share the RL optimizer.
+    """
+    return {
+        "objective": {
+            "sources": {"rollouts": {"kind": "rollouts"}, "demos": {"kind": "demos"}},
+            "controllers": {"every": {"kind": "periodic", "period": 4}},
+            "advantage": {"kind": "grpo"},
+            "terms": {
+                "pg": {"kind": "pg", "sources": ["rollouts"], "coef": "1-every"},
+                "sft": {"kind": "nll", "sources": ["demos"], "coef": "every"},
+            },
+        }
+    }
+
+
+@preset(
     "sasr",
     "SASR: SFT warm-up, then each step SFT or GRPO, chosen by the SFT gradient norm",
     "SASR arXiv 2505.13026 (RECON: no public code)",
@@ -126,5 +153,181 @@ def sasr() -> dict:
                 "pg": {"kind": "pg", "sources": ["rollouts"], "coef": "1-sft_step"},
                 "sft": {"kind": "nll", "sources": ["demos"], "coef": "sft_step"},
             },
+        }
+    }
+
+
+@preset(
+    "hpt",
+    "HPT: per prompt, SFT on the demonstration when at most `gate` rollouts succeed, else RL",
+    "HPT arXiv 2509.04419; TsinghuaC3I/Unify-Post-Training",
+)
+def hpt() -> dict:
+    """HPT, Hybrid Post-Training (arXiv 2509.04419), checked against the authors' code
+    (TsinghuaC3I/Unify-Post-Training ae332f5, `mix_trainer.py::select_on_off_ada_balance`,
+    `mix_actor.py`, `exp_scripts/train.sh`) and RLLaVA's plugin (`rllava/ppo/plugins`, 9a69627):
+    each prompt's 8 rollouts are scored; when at most switch_gate (0) are correct the prompt's
+    rollouts leave the batch and its demonstration joins it (`group_demos` with a gate, then the
+    `replaced_groups` filter); otherwise the prompt is trained by RL. Loss: the PG term on the
+    rollouts (Dr. GRPO advantages, no clip, sum over tokens / max length) + sft_loss_coef (1.0)
+    × token-mean NLL on the demonstrations − 0.001 × entropy. KL off. Deviations: the PG sum is
+    also divided by the number of sequences (`tandem.algo.aggregate`); the paper's "soft"
+    coefficients are a lookup table the released actor never reads (dead code), so only the
+    switch is implemented; `adaptive_mix` is tandem's interpolating form.
+    """
+    agg = "seq-mean-token-sum-norm"
+    return {
+        "objective": {
+            "sources": {
+                "rollouts": {"kind": "rollouts"},
+                "gated": {"kind": "group_demos", "watch": "rollouts", "weighting": "gate"},
+            },
+            "advantage": {"kind": "dr_grpo"},
+            "filters": {
+                "switch": {"kind": "replaced_groups", "sources": ["rollouts"], "by": "gated"}
+            },
+            "terms": {
+                "pg": {"kind": "pg", "sources": ["rollouts"], "clip": False, "agg": agg},
+                "sft": {"kind": "nll", "sources": ["gated"], "coef": 1.0},
+                "entropy": {"kind": "entropy", "sources": ["rollouts"], "coef": 0.001, "agg": agg},
+            },
+        }
+    }
+
+
+@preset(
+    "adaptive_mix",
+    "per-prompt SFT weight 1 − group success rate on its demonstration, plus GRPO (tandem's own)",
+    "tandem (beyond the papers; compare HPT arXiv 2509.04419, CHORD arXiv 2508.11408)",
+)
+def adaptive_mix() -> dict:
+    """Not from a paper: the SFT weight on each prompt's demonstration follows that prompt's own
+    group success rate s, w = 1 − s (all rollouts fail: imitate fully; all pass: no SFT, explore
+    only; in between: interpolate), instead of CHORD's one global μ schedule or HPT's 0/1
+    switch. The RL term (GRPO, token-mean) keeps every group. Terms: `pg` on the rollouts and
+    `sft` (token-mean NLL, each demonstration's loss times its weight) on `mixed`. It composes
+    with any RL preset: add the `group_demos` source (weighting linear) and an NLL term on it.
+    """
+    return {
+        "objective": {
+            "sources": {
+                "rollouts": {"kind": "rollouts"},
+                "mixed": {"kind": "group_demos", "watch": "rollouts", "weighting": "linear"},
+            },
+            "advantage": {"kind": "grpo"},
+            "terms": {
+                "pg": {"kind": "pg", "sources": ["rollouts"]},
+                "sft": {"kind": "nll", "sources": ["mixed"], "coef": 1.0},
+            },
+        }
+    }
+
+
+@preset(
+    "srft",
+    "SRFT: one stage, SFT and RL on demonstrations and own samples weighted by entropy",
+    "SRFT arXiv 2506.19767; TsinghuaC3I/Unify-Post-Training train_srft.sh; RLLaVA srft loss",
+)
+def srft() -> dict:
+    """SRFT (arXiv 2506.19767). No authors' code was found; checked against the
+    re-implementation in TsinghuaC3I/Unify-Post-Training (ae332f5, `exp_scripts/train_srft.sh`,
+    `mix_core_alg.py`) and RLLaVA's `srft` loss (9a69627), which agree: each group holds 7 own
+    samples and the gold solution (`demo_in_group`), Dr. GRPO advantages over all 8; H̄_i is a
+    row's token-mean entropy (detached). RL term, one normalizer (sum / max length) over both
+    kinds of rows: a correct own sample gets −0.1·exp(H̄_i)·log p, a wrong one +log p (the
+    group advantage is not used on own samples), the demonstration LUFFY's −A·p/(p + 0.1).
+    SFT term: token-mean of −0.5·exp(−H̄_i)·log p on the demonstration. Entropy bonus 0.001, no
+    KL. The third-party note of the paper writes the RL weight as exp(−H); both codes, and the
+    paper's prose (more weight when entropy is high), use exp(+H), as here.
+    """
+    agg = "seq-mean-token-sum-norm"
+    return {
+        "objective": {
+            "sources": {"rollouts": {"kind": "demo_in_group", "demos": 1}},
+            "advantage": {"kind": "dr_grpo"},
+            "terms": {
+                "rl": {"kind": "srft_rl", "sources": ["rollouts"], "agg": agg},
+                "sft": {
+                    "kind": "entropy_nll",
+                    "sources": ["rollouts"],
+                    "roles": ["demo"],
+                    "scale": 0.5,
+                    "sign": -1,
+                },
+                "entropy": {"kind": "entropy", "sources": ["rollouts"], "coef": 0.001, "agg": agg},
+            },
+        }
+    }
+
+
+@preset(
+    "uft",
+    "UFT: a solution hint in the prompt, annealed to nothing, with an SFT term on the hint",
+    "UFT arXiv 2505.16984; liumy2010/UFT",
+)
+def uft() -> dict:
+    """UFT (arXiv 2505.16984), checked against the authors' code (liumy2010/UFT ad3c8ec,
+    `run.py`, `rl_dataset.py`, `dp_actor.py`): each prompt's hint is the first k of up to 5
+    pieces of its solution, k ~ Binomial(5, p(t)), p(t) = 0.05 + 0.45·(1 + cos(π t / T_hint)),
+    no hint after T_hint (300 in the paper; scale `objective.sources.rollouts.hint_steps` to
+    the run); the policy continues after the hint. RL on the continuation: GRPO (std), PPO
+    clip 0.2, token-mean, entropy 0.001, k3 KL 0.001 to the initial model; SFT: token-mean NLL
+    on the hint tokens with β = 0.001 (`sft_loss_coef`; RLLaVA's port uses 1.0 with a
+    different schedule). Deviation: pieces are token spans, not reasoning steps.
+    """
+    src = "rollouts"
+    return {
+        "objective": {
+            "sources": {src: {"kind": "hinted_rollouts"}},
+            "advantage": {"kind": "grpo"},
+            "terms": {
+                "pg": {"kind": "pg", "sources": [src], "roles": ["sampled"]},
+                "sft": {"kind": "nll", "sources": [src], "roles": ["prefix"], "coef": 0.001},
+                "kl": {
+                    "kind": "kl",
+                    "sources": [src],
+                    "roles": ["sampled"],
+                    "coef": 0.001,
+                    "estimator": "k3",
+                },
+                "entropy": {
+                    "kind": "entropy",
+                    "sources": [src],
+                    "roles": ["sampled"],
+                    "coef": 0.001,
+                },
+            },
+        }
+    }
+
+
+@preset(
+    "visurf",
+    "ViSurf: the gold solution joins each group as a member; GRPO over G+1, PPO clip",
+    "ViSurf arXiv 2510.10606 (abstract-level)",
+)
+def visurf() -> dict:
+    """ViSurf (arXiv 2510.10606), at the abstract's level, for text tasks: one stage; the
+    ground-truth solution is injected into each RLVR group as one more member, scored by the
+    verifier, and GRPO's advantage (std-normalized) is computed over the G + 1 items; the gold
+    tokens get the same PPO-clip term as the samples (with one update per batch its ratio is 1,
+    so its gradient is −A·∇log p: SFT weighted by how much better gold is than the group).
+    Reward control (the abstract's "three strategies", RECON): a group where an own sample
+    already succeeds gets no ground truth (`demo_when_solved: drop`), so the expert signal only
+    acts where the model fails. Token-mean, no KL. The paper's format/thinking alignment of the
+    ground truth and its reward smoothing are not implemented (unverified details).
+    """
+    terms = {
+        "pg": {"kind": "pg", "sources": ["rollouts"], "off_policy": "ratio"},
+        "kl": {"kind": "kl", "sources": ["rollouts"], "coef": 0.0, "estimator": "k3"},
+        "entropy": {"kind": "entropy", "sources": ["rollouts"], "coef": 0.0},
+    }
+    return {
+        "objective": {
+            "sources": {
+                "rollouts": {"kind": "demo_in_group", "demos": 1, "demo_when_solved": "drop"}
+            },
+            "advantage": {"kind": "grpo"},
+            "terms": terms,
         }
     }

@@ -92,6 +92,31 @@ def orpo() -> dict:
 
 
 @preset(
+    "kto",
+    "KTO: unpaired desirable / undesirable responses against the reference point z_0",
+    "KTO arXiv 2402.01306; TRL kto_trainer.py",
+)
+def kto() -> dict:
+    """KTO (arXiv 2402.01306), checked against TRL `kto_trainer.py::kto_loss` (f2cd577):
+    desirable responses λ_D·(1 − σ(β(Δ − z_0))), undesirable λ_U·(1 − σ(β(z_0 − Δ))),
+    Δ = log π_θ(y|x) − log π_ref(y|x) summed over the response, β = 0.1, λ_D = λ_U = 1, mean over
+    all responses of the batch. z_0 = max(0, mean of Δ over the batch) under the policy before
+    the update, detached, computed once per batch (a no-grad forward). The responses are the
+    `pairs` source's rows used one by one (the gold solution desirable, the wrong one
+    undesirable), so n_D = n_U; a task with labelled single responses would feed them directly.
+    Deviation: TRL estimates z_0 on mismatched (x, y') pairs of the batch (another prompt's
+    response); here on the matched responses themselves, the same KL estimate without the
+    extra forward of shuffled pairs.
+    """
+    return {
+        "objective": {
+            "sources": PAIRS,
+            "terms": {"kto": {"kind": "kto", "sources": ["pairs"], "beta": 0.1}},
+        }
+    }
+
+
+@preset(
     "spin",
     "SPIN: iterations of DPO, gold vs the previous iterate's samples, reference = that iterate",
     "SPIN arXiv 2401.01335; uclaml/SPIN",

@@ -16,6 +16,8 @@ call, questions are distinct unless the dataset's problem space is smaller than 
 
 reasoning-gym has no worked solutions: ``Example.solution`` is the bare reference answer
 (None where the dataset has no single reference answer, e.g. rubiks_cube; ``answer`` is then "").
+With ``traces: true`` (rg:knights_knaves) it is a procedural worked solution ending with the
+answer line (`tandem.tasks.traces`).
 ``Example.meta["entry"]`` keeps the raw entry, which scoring needs.
 
 Scoring calls the dataset's own ``score_answer(answer, entry)`` (it may give partial credit).
@@ -107,7 +109,11 @@ def _check_config(name: str, config: dict, field: str) -> None:
             why = "set by tandem" if key in _RESERVED else "unknown parameter"
             raise ConfigError(
                 f"{field}.{key}: {why} for task 'rg:{name}'; allowed (with defaults): {listing}"
-                + ("" if field.endswith(".ood") else "; plus 'ood' (config overrides for ood)")
+                + (
+                    ""
+                    if field.endswith(".ood")
+                    else "; plus 'ood' (config overrides for ood) and 'traces' (worked solutions)"
+                )
             )
 
 
@@ -137,6 +143,16 @@ class ReasoningGymTask:
         self.dataset_cls, self.config_cls = _lookup(dataset)
         params = dict(params or {})
         ood = params.pop("ood", None) or {}
+        self.tracer = None
+        if params.pop("traces", False):
+            from tandem.tasks.traces import TRACERS
+
+            if dataset not in TRACERS:
+                raise ConfigError(
+                    f"task.params.traces: no trace generator for 'rg:{dataset}'; "
+                    f"allowed: {', '.join('rg:' + n for n in TRACERS)}"
+                )
+            self.tracer = TRACERS[dataset]
         if not isinstance(ood, dict):
             raise ConfigError(f"task.params.ood: must be a dict of config overrides, got {ood!r}")
         _check_config(dataset, params, "task.params")
@@ -193,7 +209,13 @@ class ReasoningGymTask:
             id=f"{self.name}:{hashlib.sha256(question.encode()).hexdigest()[:12]}",
             prompt=question,
             answer="" if answer is None else str(answer),
-            solution=None if answer is None else str(answer),
+            solution=(
+                None
+                if answer is None
+                else self.tracer(entry)
+                if self.tracer is not None
+                else str(answer)
+            ),
             meta={"entry": entry, "split": split},
         )
 

@@ -4,7 +4,10 @@ metrics)``.
 
 - `equal_groups`: drop the groups whose rewards are all equal. Their group-relative advantage
   is 0, so they carry no policy-gradient signal but would dilute a token-mean normalizer (DAPO's
-  filter, arXiv 2503.14476, without its resampling).
+  filter, arXiv 2503.14476, without its resampling: that is the `rollouts` source's
+  `informative_groups`).
+- `replaced_groups`: drop the groups whose prompt another source turned into a demonstration
+  (HPT: a prompt is trained by SFT or by RL, not both).
 """
 
 from __future__ import annotations
@@ -52,6 +55,33 @@ def _equal_groups(items: list[Item], *, sources: list[str] | None) -> tuple[list
 
 FILTERS.add(
     "equal_groups", Filter(_equal_groups), EqualGroupsSpec, "drop all-equal-reward groups (DAPO)"
+)
+
+
+class ReplacedGroupsSpec(Spec):
+    """Drop the groups of `sources` whose prompt got a demonstration from source `by`."""
+
+    sources: list[str]
+    """The sources whose groups may be replaced."""
+    by: str
+    """The source whose items replace a group (e.g. a `group_demos` source with a gate)."""
+
+
+def _replaced_groups(items: list[Item], *, sources: list[str], by: str) -> tuple[list[Item], dict]:
+    replaced = {id(it.example) for it in items if it.source == by and it.example is not None}
+    kept = [
+        it
+        for it in items
+        if not (it.source in sources and it.group >= 0 and id(it.example) in replaced)
+    ]
+    return kept, {"filter/replaced_items": float(len(items) - len(kept))}
+
+
+FILTERS.add(
+    "replaced_groups",
+    Filter(_replaced_groups),
+    ReplacedGroupsSpec,
+    "drop groups whose prompt another source turned into a demonstration (HPT's switch)",
 )
 
 

@@ -35,7 +35,7 @@ from tandem.train.checkpoint import (
     set_rng_state,
 )
 from tandem.train.plan import Stage, build_stages, describe
-from tandem.train.sources import example_pools
+from tandem.train.sources import conditioned, example_pools
 from tandem.train.step import RunState, train_step
 
 
@@ -70,7 +70,7 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     model.to(device)
     task = get_task(cfg.task.name, cfg.task.params)
     pool = task.examples("train", cfg.task.train_pool, seed=cfg.seed)
-    stages = build_stages(cfg, example_pools(pool))
+    stages = build_stages(cfg, example_pools(pool), task)
     reference = None
     if any(s.holds_reference() for s in stages):
         if model_source is None:
@@ -92,7 +92,7 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
         if ph.optimizer != "main"
     }
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, stages))
-    encoder = Encoder(tok, cfg.task.system_prompt)
+    encoder = Encoder(tok, cfg.task.system_prompt, cfg.task.prior)
     autocast = cfg.model.autocast_bf16
     backend = Backend(
         model,
@@ -244,7 +244,7 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
         if cfg.eval.ood_prompts
         else [],
     }
-    evals = {k: v for k, v in evals.items() if v}
+    evals = {k: conditioned(v, cfg.eval.condition) for k, v in evals.items() if v}
     if start == 0 and cfg.eval.before and evals:
         em = _eval_all(st, 0, evals)
         writer.write(0, em)

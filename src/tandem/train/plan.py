@@ -18,8 +18,9 @@ from tandem.algo.controllers import CONTROLLERS, Controller, build_controller
 from tandem.algo.objective import TERMS, TermKind, TermSpec, params_of, term_needs
 from tandem.config import SIZE_FIELDS, RunConfig, StageConfig, UpdatePhase, parse_coef
 from tandem.experience import TRAINED_ROLES
+from tandem.tasks import get_task
 from tandem.tasks.base import Example
-from tandem.train.sources import SOURCES, Sizes, Source
+from tandem.train.sources import SOURCES, Sizes, Source, example_pools
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Stage:
     updates: list[UpdatePhase]
     lr: float
     grad_norm_terms: frozenset[str] = field(default_factory=frozenset)
+    task: Any = None
+    """The task this stage's sources draw from and are scored by (None: the run's)."""
 
     # ------------------------------------------------------------------ per step
     def coefs(self, step: int) -> dict[str, float]:
@@ -139,8 +142,10 @@ def _term(name: str, spec: TermSpec) -> Term:
     )
 
 
-def build_stages(cfg: RunConfig, pools: dict[str, list[Example]]) -> list[Stage]:
-    """The run's stages with their step ranges; the last one runs until `cfg.steps`."""
+def build_stages(cfg: RunConfig, pools: dict[str, list[Example]], task: Any = None) -> list[Stage]:
+    """The run's stages with their step ranges; the last one runs until `cfg.steps`. A stage
+    with its own `task` draws from that task's training pool and is scored by its verifier;
+    the others use the run's (`task`, `pools`)."""
     stages: list[Stage] = []
     start = 0
     listed = cfg.stage_list()
@@ -148,9 +153,14 @@ def build_stages(cfg: RunConfig, pools: dict[str, list[Example]]) -> list[Stage]
         last = i == len(listed) - 1
         end = max(cfg.steps, start + (st.steps or 0)) if last else start + int(st.steps or 0)
         obj = st.objective
+        stage_task, stage_pools = task, pools
+        if st.task is not None:
+            stage_task = get_task(st.task.name, st.task.params)
+            pool = stage_task.examples("train", st.task.train_pool, seed=cfg.seed)
+            stage_pools = example_pools(pool)
         sources: dict[str, Source] = {}
         for j, (sname, sspec) in enumerate(obj.sources.items()):
-            src = SOURCES.get(sspec.kind)(sname, sspec, pools, cfg.seed)  # type: ignore[attr-defined]
+            src = SOURCES.get(sspec.kind)(sname, sspec, stage_pools, cfg.seed)  # type: ignore[attr-defined]
             src.salt = 1000 * j
             sources[sname] = src
         controllers = {n: build_controller(c, cfg.seed) for n, c in obj.controllers.items()}
@@ -171,6 +181,7 @@ def build_stages(cfg: RunConfig, pools: dict[str, list[Example]]) -> list[Stage]
                 updates=list(obj.updates),
                 lr=st.lr or cfg.lr,
                 grad_norm_terms=wanted,
+                task=stage_task,
             )
         )
         start = end

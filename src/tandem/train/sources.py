@@ -29,11 +29,13 @@ when the named controller's value is above 0. Sampling randomness is a pure func
 
 from __future__ import annotations
 
+import difflib
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -44,6 +46,7 @@ from tandem.experience import Item, Span
 from tandem.registry import Registry, Spec
 from tandem.tasks.base import Example, Score, Task
 from tandem.train.data import ExampleStream
+from tandem.train.selection import SELECTORS, build_selector
 
 
 def example_pools(train_pool: list[Example]) -> dict[str, list[Example]]:
@@ -98,6 +101,15 @@ class SourceSpec(Spec):
     default: the kind's."""
     when: str | None = Field(None, json_schema_extra={"ref": "controller"})
     """A controller name: the source is drawn only at steps where its value is above 0."""
+    condition: str | None = None
+    """A tag put before the question of each of this source's items for training (C-RLFT's
+    class condition, e.g. "Expert: "; a sampling source samples from the plain question);
+    evaluate with the best class's tag (`eval.condition`)."""
+    weight: float = Field(1.0, ge=0.0)
+    """Multiplies the loss weight of every item of this source (C-RLFT's class weight)."""
+    select: SELECTORS.union() | None = None  # type: ignore[valid-type]
+    """A prompt selector (`tandem.train.selection`): instance filtering or a curriculum over
+    this source's examples; null: the stream's shuffled order."""
 
     def check(self, sizes: dict[str, Any], earlier: list[str]) -> str | None:
         """A problem with these settings given the stage's sizes and the sources listed before
@@ -128,19 +140,42 @@ class Source:
                 f"source {name} needs examples with a gold solution, but the task has none"
             )
         self.stream = ExampleStream(pools[stream], seed, stream)
+        self.selector = build_selector(spec.select, pools[stream], seed)
+        self.selected: dict[str, float] = {}
 
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         raise NotImplementedError
 
+    def take(self, n: int, step: int) -> list[Example]:
+        """The step's next n examples, through the selector (its metrics go to `selected`)."""
+        exs, self.selected = self.selector.take(self.stream, n, step)
+        return exs
+
+    def observe(self, exs: list[Example], rewards: list[float], step: int) -> None:
+        """Let the selector see the rewards of these samples (one example per sample)."""
+        self.selector.observe(exs, rewards, step)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream.state_dict()}
+        out = {"stream": self.stream.state_dict()}
+        if self.spec.select is not None:
+            out["select"] = self.selector.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stream.load_state_dict(state["stream"])
+        if self.spec.select is not None:
+            self.selector.load_state_dict(state["select"])
 
     # helpers shared by the sampling sources
     def _sample(self, env: DrawEnv, prompts: list[list[int]], call: int = 0, **kw) -> Rollout:
         return env.generate(prompts, call=self.salt + call, **kw)
+
+
+def conditioned(exs: list[Example], condition: str | None) -> list[Example]:
+    """The examples with `condition` put before each question (None: unchanged)."""
+    if not condition:
+        return exs
+    return [replace(ex, prompt=condition + ex.prompt) for ex in exs]
 
 
 def _temperature(env: DrawEnv, setting: float | str | None) -> float:
@@ -168,6 +203,9 @@ def _score_metrics(
     m["reward/timeouts"] = float(counts["timeouts"])
     lens = torch.tensor([len(c) for c in out.completions], dtype=torch.float32)
     m["rollout/len_mean"] = lens.mean().item()
+    lps = [x for lp in out.logprobs for x in lp]
+    if lps:  # −log p of the sampled tokens under the (temperature-scaled) sampling distribution
+        m["rollout/entropy"] = -sum(lps) / len(lps)
     m["rollout/finished_frac"] = sum(out.finished) / len(out.finished)
     return m
 
@@ -197,10 +235,25 @@ class RolloutsSpec(SourceSpec):
 
     demos: int = Field(0, ge=0)
     """Gold solutions that take the place of samples in each group (LUFFY: 1)."""
+    demo_when_solved: Literal["keep", "drop"] = "keep"
+    """With `demos`: drop = a group where an own sample already succeeds (reward ≥ 1) gets no
+    demonstration, so the gold solution teaches only where the model fails (ViSurf)."""
     wrong_answer_reward: float = 0.0
     """Reward of a completion with an answer that is wrong (ReFT's partial credit: 0.1)."""
     temperature: float | str | None = Field(None, json_schema_extra={"ref": "controller"})
     """Sampling temperature: a number, a controller name, or null for the run's."""
+    informative_groups: Annotated[int, Field(ge=1)] | Literal["all"] | None = None
+    """DAPO's dynamic sampling: keep only the groups whose rewards differ, drawing
+    prompts_per_step more prompts at a time until this many are held (then truncated to it) or
+    `max_draws` draws were made (`rollout/draw_cap_hit` is then 1); `all` = prompts_per_step.
+    Null: one draw, every group kept."""
+    max_draws: int = Field(4, ge=1)
+    """The cap on draws per step with `informative_groups` (DAPO's max_num_gen_batches)."""
+    overlong_buffer: float = Field(0.0, ge=0.0, lt=1.0)
+    """DAPO's overlong reward shaping: the soft-penalty zone as a fraction of max_new_tokens
+    (DAPO 4096 of 20480 = 0.2); 0 is off."""
+    overlong_penalty: float = Field(1.0, ge=0.0)
+    """The penalty at max_new_tokens (DAPO's penalty_factor)."""
 
     def check(self, sizes: dict[str, Any], earlier: list[str]) -> str | None:
         if self.demos >= sizes["samples_per_prompt"]:
@@ -225,7 +278,65 @@ class Rollouts(Source):
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
         spec, sz = self.spec, env.sizes
-        prompts = self.stream.take(sz.prompts_per_step)
+        want = sz.prompts_per_step if spec.informative_groups == "all" else spec.informative_groups
+        items: list[Item] = []
+        outs: list[Rollout] = []
+        rewards: list[float] = []
+        counts = {"errors": 0, "timeouts": 0}
+        draws = n_informative = 0
+        demo_means: list[float] = []
+        dropped_demos = 0.0
+        m: dict[str, float] = {}
+        while True:
+            got, out, r, c, dm = self._draw_groups(env, draws, group0=draws * sz.prompts_per_step)
+            draws += 1
+            outs.append(out)
+            rewards += r
+            for key in counts:
+                counts[key] += c[key]
+            demo_means += dm.get("demo_means", [])
+            dropped_demos += sum(dm.get("demos_dropped", []))
+            if want is None:
+                items = got
+                break
+            kept = _informative(got)
+            items += kept
+            n_informative = len({it.group for it in items})
+            if n_informative >= want or draws >= spec.max_draws:
+                break
+        all_out = Rollout(
+            [c for o in outs for c in o.completions],
+            [lp for o in outs for lp in o.logprobs],
+            [f for o in outs for f in o.finished],
+        )
+        m |= _score_metrics(rewards, counts, all_out, t0)
+        m |= self.selected
+        if demo_means:
+            m["reward/demo_mean"] = sum(demo_means) / len(demo_means)
+        if spec.demo_when_solved == "drop":
+            m["rollout/demos_dropped"] = dropped_demos
+        if spec.overlong_buffer > 0:
+            m["rollout/overlong_frac"] = sum(
+                _overlong(len(c), sz.max_new_tokens, spec.overlong_buffer, 1.0) < 0
+                for c in all_out.completions
+            ) / len(all_out.completions)
+        if want is not None:
+            groups = sorted({it.group for it in items})[:want]
+            keep = set(groups)
+            m["rollout/groups_all_equal"] = float(draws * sz.prompts_per_step - n_informative)
+            items = [it for it in items if it.group in keep]
+            m["rollout/draws"] = float(draws)
+            m["rollout/extra_prompts"] = float((draws - 1) * sz.prompts_per_step)
+            m["rollout/informative_groups"] = float(len(groups))
+            m["rollout/draw_cap_hit"] = float(n_informative < want)
+        else:
+            m["rollout/groups_all_equal"] = _groups_all_equal(items)
+        return items, m
+
+    def _draw_groups(self, env: DrawEnv, call: int, group0: int):
+        """One draw of prompts_per_step groups: (items, rollout, rewards, counts, metrics)."""
+        spec, sz = self.spec, env.sizes
+        prompts = self.take(sz.prompts_per_step, env.step)
         n_roll = sz.samples_per_prompt - spec.demos
         if n_roll < 1:
             raise TandemError(
@@ -237,12 +348,18 @@ class Rollouts(Source):
         out = self._sample(
             env,
             ids,
+            call=call,
             max_new_tokens=sz.max_new_tokens,
             temperature=_temperature(env, spec.temperature),
         )
         scores, counts = env.score(exs, [env.encoder.decode(c) for c in out.completions])
-        rewards = [_shaped(s, spec.wrong_answer_reward) for s in scores]
-        m = _score_metrics(rewards, counts, out, t0)
+        self.observe(exs, [s.reward for s in scores], env.step)
+        rewards = [
+            _shaped(s, spec.wrong_answer_reward)
+            + _overlong(len(c), sz.max_new_tokens, spec.overlong_buffer, spec.overlong_penalty)
+            for s, c in zip(scores, out.completions)
+        ]
+        m: dict[str, list[float]] = {}
         items = [
             Item.of(
                 ids[i],
@@ -250,7 +367,7 @@ class Rollouts(Source):
                 "sampled",
                 self.name,
                 logp=out.logprobs[i],
-                group=i // n_roll,
+                group=group0 + i // n_roll,
                 reward=rewards[i],
                 finished=out.finished[i],
                 example=exs[i],
@@ -260,21 +377,48 @@ class Rollouts(Source):
         if spec.demos:
             demo_exs = [ex for ex in prompts for _ in range(spec.demos)]
             demo_scores, _ = env.score(demo_exs, [ex.solution or "" for ex in demo_exs])
+            solved = {group0 + i // n_roll for i, r in enumerate(rewards) if r >= 1.0}
+            dropped = 0
             for j, (ex, s) in enumerate(zip(demo_exs, demo_scores)):
+                if spec.demo_when_solved == "drop" and (group0 + j // spec.demos in solved):
+                    dropped += 1
+                    continue
                 items.append(
                     Item.of(
                         env.encoder.prompt(ex),
                         env.encoder.demo(ex),
                         "demo",
                         self.name,
-                        group=j // spec.demos,
+                        group=group0 + j // spec.demos,
                         reward=_shaped(s, spec.wrong_answer_reward),
                         example=ex,
                     )
                 )
-            m["reward/demo_mean"] = sum(s.reward for s in demo_scores) / len(demo_scores)
-        m["rollout/groups_all_equal"] = _groups_all_equal(items)
-        return items, m
+            m["demo_means"] = [sum(s.reward for s in demo_scores) / len(demo_scores)]
+            if spec.demo_when_solved == "drop":
+                m["demos_dropped"] = [float(dropped)]
+        return items, out, rewards, counts, m
+
+
+def _overlong(length: int, max_new_tokens: int, buffer_frac: float, penalty: float) -> float:
+    """DAPO's overlong reward shaping (arXiv 2503.14476; verl `DAPORewardManager`): with
+    L_buf = round(buffer_frac · max_new_tokens) and L_exp = max_new_tokens − L_buf, a response of
+    |y| tokens gets min(−(|y| − L_exp) / L_buf · penalty, 0), so the penalty grows linearly from 0
+    at L_exp to −penalty at the limit. 0 when buffer_frac is 0."""
+    buf = round(buffer_frac * max_new_tokens)
+    if buf <= 0:
+        return 0.0
+    return min(-(length - (max_new_tokens - buf)) / buf * penalty, 0.0)
+
+
+def _informative(items: list[Item]) -> list[Item]:
+    """The items of the groups whose rewards are not all equal (DAPO's filter)."""
+    by: dict[int, list[float]] = {}
+    for it in items:
+        if it.reward is not None:
+            by.setdefault(it.group, []).append(it.reward)
+    keep = {g for g, r in by.items() if max(r) != min(r)}
+    return [it for it in items if it.group in keep]
 
 
 # -------------------------------------------------------------------------------------- demos
@@ -283,18 +427,52 @@ class Rollouts(Source):
 class DemosSpec(SourceSpec):
     """Gold solutions of the task (SFT data)."""
 
+    fault_weight: float = Field(0.0, ge=0.0)
+    """FAIT: the gold tokens that differ from one of the task's wrong solutions (a token
+    diff) get weight 1 + fault_weight, then each demonstration's weights are scaled to mean 1;
+    0: every token weighs 1."""
 
-@SOURCES.register("demos", DemosSpec, "gold solutions (SFT)")
+
+@SOURCES.register("demos", DemosSpec, "gold solutions (SFT); fault-aware token weights (FAIT)")
 class Demos(Source):
     default_stream = "demos"
 
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
-        exs = self.stream.take(env.sizes.demos_per_step)
-        items = [
-            Item.of(env.encoder.prompt(ex), env.encoder.demo(ex), "demo", self.name, example=ex)
-            for ex in exs
-        ]
-        return items, {}
+        exs = self.take(env.sizes.demos_per_step, env.step)
+        enc, alpha = env.encoder, self.spec.fault_weight
+        if not alpha:
+            items = [
+                Item.of(enc.prompt(ex), enc.demo(ex), "demo", self.name, example=ex) for ex in exs
+            ]
+            return items, dict(self.selected)
+        rng = random.Random(f"{self.seed}:{env.step}:{self.name}:fault")
+        items, marked, total = [], 0, 0
+        for ex in exs:
+            gold = enc.demo(ex)
+            w = [1.0] * len(gold)
+            if ex.wrong:
+                mask = fault_mask(gold, enc.text(rng.choice(ex.wrong)))
+                raw = [1.0 + alpha * m for m in mask]
+                mean = sum(raw) / len(raw)
+                w = [x / mean for x in raw]
+                marked += sum(mask)
+            total += len(gold)
+            spans = [Span(enc.prompt(ex), "prompt"), Span(gold, "demo", weights=w)]
+            items.append(Item(spans, self.name, example=ex))
+        return items, {**self.selected, "fault/token_frac": marked / max(total, 1)}
+
+
+def fault_mask(gold: list[int], wrong: list[int]) -> list[int]:
+    """1 on the gold tokens a token-level diff (difflib) does not match in the wrong solution:
+    FAIT's error-sensitive tokens (arXiv 2503.16913, token-level mask M^tok)."""
+    mask = [0] * len(gold)
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(
+        None, gold, wrong, autojunk=False
+    ).get_opcodes():
+        if tag != "equal":
+            for i in range(i1, i2):
+                mask[i] = 1
+    return mask
 
 
 # ---------------------------------------------------------------------------- prefix rollouts
@@ -348,7 +526,7 @@ class PrefixRollouts(Source):
         low, high = _temperature(env, spec.ratio_low), _temperature(env, spec.ratio_high)
         low, high = min(low, high), max(low, high)
         rng = random.Random(f"{self.seed}:{env.step}:{self.name}:prefix")
-        prompts = self.stream.take(sz.prompts_per_step)
+        prompts = self.take(sz.prompts_per_step, env.step)
         exs, ids, prefixes, ratios = [], [], [], []
         for ex in prompts:
             demo = env.encoder.demo(ex)
@@ -381,8 +559,10 @@ class PrefixRollouts(Source):
             fins.append(fin)
         texts = [env.encoder.decode(pre + c) for pre, c in zip(prefixes, comps)]
         scores, counts = env.score(exs, texts)
+        self.observe(exs, [s.reward for s in scores], env.step)
         rewards = [s.reward for s in scores]
         m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0)
+        m |= self.selected
         items = []
         for i, (ex, pre, c) in enumerate(zip(exs, prefixes, comps)):
             spans = [Span(env.encoder.prompt(ex), "prompt")]
@@ -399,6 +579,96 @@ class PrefixRollouts(Source):
         m["prefix/ratio_mean"] = sum(ratios) / max(len(ratios), 1)
         m["prefix/ratio_low"] = low
         m["prefix/reward_mean"] = _mean([r for r, p in zip(rewards, prefixes) if p])
+        m["rollout/groups_all_equal"] = _groups_all_equal(items)
+        return items, m
+
+
+# ---------------------------------------------------------------------------- hinted rollouts
+
+
+class HintedRolloutsSpec(SourceSpec):
+    """Groups whose prompt carries a hint, a prefix of the gold solution, annealed to nothing
+    over `hint_steps` steps (UFT)."""
+
+    pieces: int = Field(5, ge=1)
+    """The solution is cut into at most this many pieces (UFT: 5)."""
+    p_high: float = Field(0.95, ge=0.0, le=1.0)
+    p_low: float = Field(0.05, ge=0.0, le=1.0)
+    hint_steps: int = Field(300, ge=1)
+    """p(t) = p_low + ½(p_high − p_low)(1 + cos(π t / hint_steps)) for t ≤ hint_steps (t = the
+    step, from 1); after it, no hint."""
+    temperature: float | str | None = Field(None, json_schema_extra={"ref": "controller"})
+
+
+@SOURCES.register(
+    "hinted_rollouts",
+    HintedRolloutsSpec,
+    "groups with an annealed solution hint in the prompt (UFT)",
+)
+class HintedRollouts(Source):
+    """UFT's hint (liumy2010/UFT `verl/utils/dataset/rl_dataset.py::__getitem__`, ad3c8ec): the
+    gold solution's tokens are cut into num = min(pieces, length) pieces at
+    round(j/num·length), j = 0..num; each step a prompt's hint is the first k pieces with
+    k ~ Binomial(num, p(t)), the same for all of its samples; the samples continue after the
+    hint (span role `prefix`, so an NLL term with `roles: [prefix]` is UFT's SFT on the hint
+    and a PG term with `roles: [sampled]` trains the continuation). The verifier scores hint +
+    continuation. UFT cuts its solutions at reasoning steps; here the cut is in tokens."""
+
+    default_stream = "demos"
+
+    def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        t0 = time.perf_counter()
+        spec, sz = self.spec, env.sizes
+        G = sz.samples_per_prompt
+        t = env.step + 1
+        p = spec.p_low + 0.5 * (spec.p_high - spec.p_low) * (
+            1.0 + math.cos(math.pi * t / spec.hint_steps)
+        )
+        rng = random.Random(f"{self.seed}:{env.step}:{self.name}:hint")
+        prompts = self.take(sz.prompts_per_step, env.step)
+        exs, ids, hints = [], [], []
+        for ex in prompts:
+            demo = env.encoder.demo(ex)
+            num = min(spec.pieces, len(demo))
+            k = sum(rng.random() < p for _ in range(num)) if t <= spec.hint_steps else 0
+            n = min(round(k / num * len(demo)) if num else 0, sz.max_new_tokens - 1, len(demo) - 1)
+            hint = demo[: max(n, 0)]
+            for _ in range(G):
+                exs.append(ex)
+                ids.append(env.encoder.prompt(ex) + hint)
+                hints.append(hint)
+        out = self._sample(
+            env,
+            ids,
+            max_new_tokens=sz.max_new_tokens,
+            temperature=_temperature(env, spec.temperature),
+        )
+        comps, logps, fins = [], [], []
+        for h, c, lp, fin in zip(hints, out.completions, out.logprobs, out.finished):
+            budget = sz.max_new_tokens - len(h)
+            if len(c) > budget:
+                c, lp, fin = c[:budget], lp[:budget], False
+            comps.append(c)
+            logps.append(list(lp))
+            fins.append(fin)
+        scores, counts = env.score(exs, [env.encoder.decode(h + c) for h, c in zip(hints, comps)])
+        self.observe(exs, [s.reward for s in scores], env.step)
+        rewards = [s.reward for s in scores]
+        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0)
+        m |= self.selected
+        items = []
+        for i, (ex, h, c) in enumerate(zip(exs, hints, comps)):
+            spans = [Span(env.encoder.prompt(ex), "prompt")]
+            if h:
+                spans.append(Span(list(h), "prefix"))
+            spans.append(Span(c, "sampled", logps[i]))
+            items.append(
+                Item(
+                    spans, self.name, group=i // G, reward=rewards[i], finished=fins[i], example=ex
+                )
+            )
+        m["hint/p"] = p if t <= spec.hint_steps else 0.0
+        m["hint/len_mean"] = sum(len(h) for h in hints[::G]) / max(len(prompts), 1)
         m["rollout/groups_all_equal"] = _groups_all_equal(items)
         return items, m
 
@@ -439,7 +709,7 @@ class Pairs(Source):
         if mode == "online":
             return self._online(env)
         sz, enc = env.sizes, env.encoder
-        exs = self.stream.take(sz.pairs_per_step)
+        exs = self.take(sz.pairs_per_step, env.step)
         if mode == "data":
             exs = [ex for ex in exs if ex.wrong]
             rng = random.Random(f"{self.seed}:{env.step}:{self.name}")
@@ -477,14 +747,16 @@ class Pairs(Source):
     def _online(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
         sz, enc = env.sizes, env.encoder
-        prompts = self.stream.take(sz.prompts_per_step)
+        prompts = self.take(sz.prompts_per_step, env.step)
         G = sz.samples_per_prompt
         exs = [ex for ex in prompts for _ in range(G)]
         ids = [enc.prompt(ex) for ex in exs]
         out = self._sample(env, ids, max_new_tokens=sz.max_new_tokens, temperature=sz.temperature)
         scores, counts = env.score(exs, [enc.decode(c) for c in out.completions])
+        self.observe(exs, [s.reward for s in scores], env.step)
         rewards = [s.reward for s in scores]
         m = _score_metrics(rewards, counts, out, t0)
+        m |= self.selected
         items, n = [], 0
         for g in range(len(prompts)):
             rows = list(range(g * G, (g + 1) * G))
@@ -526,28 +798,67 @@ class SelfVerifiedSpec(SourceSpec):
     solution that verifies is kept, trained with the original prompt (no hint)."""
     hint: str = "{prompt} (The answer is {answer}.)"
     """The hinted prompt; `{prompt}` and `{answer}` are the example's."""
+    keep: Literal["verified", "best"] = "verified"
+    """verified: every sample that reaches `min_reward` (RFT); best: only the highest-reward
+    sample of each prompt (best-of-n, SuperHF), when it reaches `min_reward`."""
+    fallback: Literal["none", "demo"] = "none"
+    """demo: a prompt with no kept sample is trained on its gold solution instead (S3FT,
+    Metis-RISE's expert set for unsolved prompts)."""
+    skip_solved: bool = False
+    """Skip prompts whose samples all pass (Metis-RISE trains on partly solved and unsolved
+    prompts only)."""
+    model: Literal["policy", "reference"] = "policy"
+    """Who samples: the policy, or the reference model (S3FT's answers of the initial model)."""
+    temperature: float | str | None = Field(None, json_schema_extra={"ref": "controller"})
+    """Sampling temperature: a number, a controller name, or null for the run's."""
 
 
-@SOURCES.register("self_verified", SelfVerifiedSpec, "own samples the verifier accepts (RFT, STaR)")
+@SOURCES.register(
+    "self_verified",
+    SelfVerifiedSpec,
+    "own samples the verifier accepts (RFT, STaR, SuperHF, S3FT, Metis-RISE)",
+)
 class SelfVerified(Source):
+    def __init__(self, name, spec, pools, seed):
+        if spec.fallback == "demo" and spec.stream is None:
+            spec = spec.model_copy(update={"stream": "demos"})
+        super().__init__(name, spec, pools, seed)
+        self.needs_reference = spec.model == "reference"
+
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
         spec, sz, enc = self.spec, env.sizes, env.encoder
-        prompts = self.stream.take(sz.prompts_per_step)
+        prompts = self.take(sz.prompts_per_step, env.step)
         G = sz.samples_per_prompt
         exs = [ex for ex in prompts for _ in range(G)]
         out = self._sample(
             env,
             [enc.prompt(ex) for ex in exs],
             max_new_tokens=sz.max_new_tokens,
-            temperature=sz.temperature,
+            temperature=_temperature(env, spec.temperature),
+            model=spec.model,
         )
         scores, counts = env.score(exs, [enc.decode(c) for c in out.completions])
+        self.observe(exs, [s.reward for s in scores], env.step)
         m = _score_metrics([s.reward for s in scores], counts, out, t0)
+        m |= self.selected
         items: list[Item] = []
         solved: set[int] = set()
-        self._keep(items, solved, prompts, exs, out, scores, G, enc)
+        skip: set[int] = set()
+        if spec.skip_solved:
+            for g in range(len(prompts)):
+                if all(s.reward >= spec.min_reward for s in scores[g * G : (g + 1) * G]):
+                    skip.add(g)
+        self._keep(items, solved, prompts, exs, out, scores, G, enc, skip)
         m["self/kept"] = float(len(items))
+        if spec.skip_solved:
+            m["self/solved_prompts"] = float(len(skip))
+        if spec.fallback == "demo":
+            gold = [g for g in range(len(prompts)) if g not in solved and g not in skip]
+            for g in gold:
+                ex = prompts[g]
+                items.append(Item.of(enc.prompt(ex), enc.demo(ex), "demo", self.name, example=ex))
+            m["self/gold"] = float(len(gold))
         if spec.rationalize:
             failed = [g for g in range(len(prompts)) if g not in solved]
             hinted = [
@@ -574,10 +885,17 @@ class SelfVerified(Source):
             m["self/failed_prompts"] = float(len(failed))
         return items, m
 
-    def _keep(self, items, solved, prompts, exs, out, scores, G, enc) -> None:
+    def _keep(self, items, solved, prompts, exs, out, scores, G, enc, skip=frozenset()) -> None:
         seen: set[tuple] = set()
+        best = set()
+        if self.spec.keep == "best":  # the first highest-reward sample of each prompt
+            for g in range(len(exs) // G):
+                rows = range(g * G, (g + 1) * G)
+                best.add(max(rows, key=lambda i: scores[i].reward))
         for i, (ex, c, s) in enumerate(zip(exs, out.completions, scores)):
-            if s.reward < self.spec.min_reward:
+            if s.reward < self.spec.min_reward or i // G in skip:
+                continue
+            if self.spec.keep == "best" and i not in best:
                 continue
             key = (i // G, tuple(c))
             if self.spec.distinct and key in seen:
@@ -587,6 +905,77 @@ class SelfVerified(Source):
             # Trained as the policy's own text, with the original prompt; no behaviour log-probs
             # when it was sampled under a hinted prompt.
             items.append(Item.of(enc.prompt(ex), c, "sampled", self.name, example=ex))
+
+
+# -------------------------------------------------------------------------------- group demos
+
+
+class GroupDemosSpec(SourceSpec):
+    """Each watched group's gold solution, weighted by how well the group did (HPT's gate,
+    tandem's adaptive mix)."""
+
+    watch: str = "rollouts"
+    """The source whose groups it reads (listed before this one)."""
+    weighting: Literal["gate", "linear"] = "gate"
+    """gate: weight 1 when at most `gate` of the group's rollouts succeed, else no item (HPT's
+    switch); linear: weight 1 − the group's success rate, no item at 1 (all rollouts fail:
+    imitate; all pass: explore only; in between: interpolate)."""
+    gate: int = Field(0, ge=0)
+    """HPT's switch_gate: a count of successful rollouts (HPT: 0 of 8 for Qwen, 2 for Llama)."""
+    success_reward: float = 1.0
+    """A rollout succeeds when its reward is at least this."""
+
+    def check(self, sizes: dict[str, Any], earlier: list[str]) -> str | None:
+        if self.watch not in earlier:
+            return f"watch: {self.watch!r} must be a source listed before this one: {earlier}"
+        return None
+
+
+@SOURCES.register(
+    "group_demos", GroupDemosSpec, "gold solutions of watched groups, weighted by their success"
+)
+class GroupDemos(Source):
+    """For every group of the watched source with a gold solution (its sampled rows; an
+    in-group demonstration does not count), the number of rollouts with reward ≥
+    success_reward decides whether, and with which weight (`weighting`), its gold solution
+    joins the step as a demonstration item; the weight multiplies the item's loss. HPT's gate
+    follows TsinghuaC3I/Unify-Post-Training `mix_trainer.py` (ae332f5): SFT on the prompt's
+    demonstration when at most `switch_gate` of its 8 rollouts are correct, RL otherwise (the
+    `replaced_groups` filter then drops the gated groups' rollouts). Holds no state beyond its
+    (unused) stream."""
+
+    default_stream = "demos"
+
+    def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        spec = self.spec
+        groups: dict[int, list[Item]] = {}
+        for it in env.items:
+            if it.source == spec.watch and it.group >= 0 and it.reward is not None:
+                if any(sp.role == "sampled" for sp in it.spans):
+                    groups.setdefault(it.group, []).append(it)
+        items: list[Item] = []
+        weights: list[float] = []
+        for g in sorted(groups):
+            members = groups[g]
+            ex = members[0].example
+            if ex is None or ex.solution is None:
+                continue
+            n_ok = sum(it.reward >= spec.success_reward for it in members)
+            if spec.weighting == "gate":
+                w = 1.0 if n_ok <= spec.gate else 0.0
+            else:
+                w = 1.0 - n_ok / len(members)
+            if w <= 0.0:
+                continue
+            prompt, demo = env.encoder.prompt(ex), env.encoder.demo(ex)
+            items.append(Item.of(prompt, demo, "demo", self.name, weight=w, example=ex))
+            weights.append(w)
+        m = {
+            "mix/demo_items": float(len(items)),
+            "mix/demo_weight_mean": sum(weights) / len(weights) if weights else 0.0,
+            "mix/demo_weight_sum": float(sum(weights)),
+        }
+        return items, m
 
 
 # ------------------------------------------------------------------------------------- buffer
@@ -661,4 +1050,13 @@ class Buffer(Source):
         self.released = int(state["released"])
 
 
-__all__ = ["SOURCES", "DrawEnv", "Rollout", "Sizes", "Source", "SourceSpec", "example_pools"]
+__all__ = [
+    "SOURCES",
+    "DrawEnv",
+    "Rollout",
+    "Sizes",
+    "Source",
+    "SourceSpec",
+    "conditioned",
+    "example_pools",
+]

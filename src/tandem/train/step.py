@@ -21,15 +21,15 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from tandem.algo.advantages import AdvantageInputs, estimate
 from tandem.algo.aggregate import Normalizer, aggregate, make_normalizer
-from tandem.algo.objective import PairInputs, TokenInputs
-from tandem.experience import Batch, Item, microbatches, minibatches
+from tandem.algo.objective import BatchScores, PairInputs, SeqInputs, TokenInputs
+from tandem.experience import Batch, Item, Span, microbatches, minibatches
 from tandem.rewards.safe import score_batch
 from tandem.train.backend import Backend, step_generator
 from tandem.train.filters import apply_filters
@@ -81,6 +81,13 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
     per_source: list[tuple[str, dict[str, float]]] = []
     for src in stage.sources_for(terms, coefs):
         got, sm = src.draw(_draw_env(st, stage, k, coefs, items))
+        if src.spec.condition:
+            _condition(st.encoder, got, src.spec.condition)
+        if src.spec.weight != 1.0:
+            for it in got:
+                it.weight *= src.spec.weight
+            if got:
+                sm = {**sm, f"weight/{src.name}": sum(it.weight for it in got) / len(got)}
         items += got
         per_source.append((src.name, sm))
     m |= _merge_source_metrics(per_source)
@@ -95,7 +102,8 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
         needs = stage.needs([t for phase in plan for t in phase[0]])
         _fill_needs(st, batch, plan, needs)
         if "adv" in needs:
-            _set_advantages(stage, batch)
+            m |= _set_advantages(stage, batch)
+        prepared = _prepare(batch, [t for phase in plan for t in phase[0]])
 
         # 3. updates: each phase's terms, epochs x mini-batches, one optimizer step each
         stats: dict[str, list[float]] = defaultdict(list)
@@ -108,7 +116,9 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
                 gen = step_generator(st.cfg.seed, k, salt=7 + 31 * epoch)
                 parts = minibatches(sub, phase.minibatches, gen) if phase.minibatches > 1 else None
                 for part in parts or [list(range(sub.size))]:
-                    um = _update(st, stage, sub.rows(part), phase_terms, coefs, opt, n_upd == 0)
+                    um = _update(
+                        st, stage, sub.rows(part), phase_terms, coefs, opt, n_upd == 0, prepared
+                    )
                     for key, v in um.items():
                         stats[key].append(v)
                     n_upd += 1
@@ -161,12 +171,20 @@ def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]
         step=k,
         sizes=sizes,
         encoder=st.encoder,
-        task=st.task,
+        task=stage.task or st.task,
         coefs=coefs,
         items=items,
         generate=generate,
-        score=lambda exs, texts: score_batch(st.task, exs, texts),
+        score=lambda exs, texts: score_batch(stage.task or st.task, exs, texts),
     )
+
+
+def _condition(encoder, items: list[Item], tag: str) -> None:
+    """Put `tag` before the question of each item's prompt (its leading prompt span)."""
+    for it in items:
+        if it.example is not None and it.spans and it.spans[0].role == "prompt":
+            ex = replace(it.example, prompt=tag + it.example.prompt)
+            it.spans[0] = Span(encoder.prompt(ex), "prompt")
 
 
 def _merge_source_metrics(per_source: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
@@ -214,7 +232,8 @@ def _fill_needs(st: RunState, batch: Batch, plan, needs: set[str]) -> None:
                 later += ts
             first = False
     rows = _rows_of(batch, [t for ts, _ in plan for t in ts])
-    if "old_logp" in {x for t in later for x in t.needs} or "old_values" in needs:
+    wants_old = "old_logp" in {x for t in later for x in t.needs} or "old_logp_batch" in needs
+    if wants_old or "old_values" in needs:
         vals = "old_values_BT" if "old_values" in needs else None
         with torch.no_grad(), st.backend.casts():
             _no_grad_fill(st, batch, st.model, rows, "old_logp_BT", vals)
@@ -254,9 +273,11 @@ def _no_grad_fill(
     batch.needs.update(got)
 
 
-def _set_advantages(stage: Stage, batch: Batch) -> None:
+def _set_advantages(stage: Stage, batch: Batch) -> dict[str, float]:
     """The estimator's advantages on the trained tokens of scored rows; rows with precomputed
-    advantages (an item's own) and unscored rows keep theirs."""
+    advantages (an item's own) and unscored rows keep theirs. Returns `adv/mean` (the mean over
+    scored rows of each row's mean advantage: 0 for a group baseline) and `adv/token_std`
+    (over their tokens: 1 for a batch-whitened estimator)."""
     n = batch.needs
     x = AdvantageInputs(
         reward_B=batch.reward_B,
@@ -271,6 +292,15 @@ def _set_advantages(stage: Stage, batch: Batch) -> None:
     batch.adv_BT = torch.where(scored, adv.adv_BT.to(batch.adv_BT.dtype), batch.adv_BT)
     if adv.returns_BT is not None:
         n["returns_BT"] = adv.returns_BT
+    mask = batch.target_mask_BT * scored
+    rows = mask.bool().any(1)
+    if not rows.any():
+        return {}
+    a_BT = batch.adv_BT.double() * mask
+    row_mean = a_BT.sum(1)[rows] / mask.sum(1)[rows]
+    vals = batch.adv_BT.double()[mask.bool()]
+    std = float(vals.std()) if vals.numel() > 1 else 0.0
+    return {"adv/mean": float(row_mean.mean()), "adv/token_std": std}
 
 
 # ---------------------------------------------------------------------------------- updates
@@ -278,6 +308,9 @@ def _set_advantages(stage: Stage, batch: Batch) -> None:
 
 def _normalizer(batch: Batch, t: Term, const_len: int) -> Normalizer:
     mask = batch.mask(t.sources, t.roles, t.spec.rows)
+    if t.kind.level == "seq":
+        n_seqs = float(mask.bool().any(1).sum())
+        return Normalizer("token-mean", n_tokens=n_seqs, n_seqs=n_seqs, const_len=1.0)
     if t.kind.level == "pair":
         pairs = batch.pair_B[mask.bool().any(1) & (batch.pair_B >= 0)]
         n_pairs = float(torch.unique(pairs).numel())
@@ -293,6 +326,7 @@ def _update(
     coefs: dict[str, float],
     opt: torch.optim.Optimizer,
     first: bool,
+    prepared: dict[str, dict[str, torch.Tensor]],
 ) -> dict[str, float]:
     """One optimizer update on `batch` over `terms`: normalizers on the whole batch, forward and
     backward per micro-batch (gradients accumulate), clip, step."""
@@ -323,7 +357,7 @@ def _update(
                 )
                 loss = None
                 for t in group:
-                    value, stats = _term_value(t, out, mb, norms[t.name])
+                    value, stats = _term_value(t, out, mb, norms[t.name], prepared.get(t.name))
                     c = t.coef(coefs)
                     loss = c * value if loss is None else loss + c * value
                     out_m[f"loss/{t.name}"] += float(value.detach())
@@ -354,7 +388,29 @@ def _update(
     return dict(out_m)
 
 
-def _term_value(t: Term, out, mb: Batch, norm: Normalizer):
+def _prepare(batch: Batch, terms: list[Term]) -> dict[str, dict[str, torch.Tensor]]:
+    """Once per batch, before the first update: the batch-wide statistics of the terms that
+    have a `prepare` (KTO's z_0), from their rows' sequence scores."""
+    out = {}
+    n = batch.needs
+    for t in terms:
+        if t.kind.prepare is None:
+            continue
+        mask = batch.mask(t.sources, t.roles, t.spec.rows)
+        rows = mask.bool().any(1)
+        old = n.get("old_logp_BT")
+        ref = n.get("ref_logp_BT")
+        scores = BatchScores(
+            old_logp=(old * mask).sum(1)[rows] if old is not None else None,
+            ref=(ref * mask).sum(1)[rows] if ref is not None else None,
+            len=mask.sum(1)[rows],
+            desirable=batch.chosen_B[rows],
+        )
+        out[t.name] = t.kind.prepare(scores)
+    return out
+
+
+def _term_value(t: Term, out, mb: Batch, norm: Normalizer, prepared: dict | None = None):
     """The term's contribution from this micro-batch (a scalar) and its statistics as
     {name: (sum, count)}."""
     mask = mb.mask(t.sources, t.roles, t.spec.rows)
@@ -372,16 +428,32 @@ def _term_value(t: Term, out, mb: Batch, norm: Normalizer):
             returns=n.get("returns_BT"),
             vocab_logp=out.vocab,
             ref_vocab_logp=n.get("ref_vocab_logp_BTV"),
+            mask=mask,
+            reward=mb.reward_B,
         )
         res = t.kind.fn(x, **t.params)
         loss_BT, stats = res if isinstance(res, tuple) else (res, {})
-        value = aggregate(loss_BT * mb.weight_B[:, None], mask, norm)
+        value = aggregate(loss_BT * (mb.weight_B[:, None] * mb.token_weight_BT), mask, norm)
         cnt = float(mask.sum())
         return value, {k: (float((v * mask).sum()), cnt) for k, v in stats.items()}
-    # pair term: sequence scores of the chosen and rejected row of each pair
+    # pair and seq terms: sequence scores of each row
     seq_B = (out.logp * mask).sum(1)
     len_B = mask.sum(1)
     ref_B = (n["ref_logp_BT"] * mask).sum(1) if "ref_logp_BT" in n else None
+    if t.kind.level == "seq":
+        rows = mask.bool().any(1).nonzero().squeeze(1)
+        if not len(rows):
+            return out.logp.sum() * 0.0, {}
+        x = SeqInputs(
+            logp=seq_B[rows],
+            len=len_B[rows],
+            desirable=mb.chosen_B[rows],
+            ref=ref_B[rows] if ref_B is not None else None,
+        )
+        loss_N, stats = t.kind.fn(x, **t.params, **(prepared or {}))
+        value = (loss_N * mb.weight_B[rows]).sum() / max(norm.n_seqs, 1.0)
+        return value, {k: (float(v.sum()), float(len(rows))) for k, v in stats.items()}
+    # pair term: the chosen and rejected row of each pair
     w_P, l_P = _pair_rows(mb, mask)
     if not len(w_P):
         return out.logp.sum() * 0.0, {}

@@ -1,0 +1,287 @@
+"""Hand-computed float64 checks (tol 1e-6) of the parts the RL, reweighted-SFT and preference
+presets of the field add: GSPO's sequence ratio, REINFORCE++'s returns and whitening (and its
+baseline variant), KTO and its reference point, PoFT, ASFT, the periodic controller, DAPO's
+overlong shaping and its informative-group filter."""
+
+import math
+
+import pytest
+import torch
+
+from tandem.algo.advantages import ADVANTAGES, AdvantageInputs, discounted_returns, estimate
+from tandem.algo.controllers import CONTROLLERS, build_controller
+from tandem.algo.preference import asft, kto, kto_reference_point, poft
+from tandem.algo.terms import gspo_pg
+from tandem.errors import ConfigError
+from tandem.experience import Item
+from tandem.tasks.base import Example
+from tandem.train.sources import _informative, _overlong
+
+TOL = 1e-6
+F64 = torch.float64
+
+
+def t(*v):
+    return torch.tensor(v, dtype=F64)
+
+
+def test_gspo_sequence_ratio_clip_and_gradient():
+    # Row 0: masked log-ratios 0.2, −0.1 (the third token is outside the mask and ignored):
+    #   log s = 0.05, s = e^0.05 = 1.051271 > 1 + 4e-4 with A = +1: clipped, ℓ = −1.0004 on
+    #   both tokens and no gradient.
+    # Row 1: s = 1, A = −1: ℓ = 1 per token, dℓ/dlogp_t = −A·s = 1.
+    # Row 2: log s = 1e-4, s = 1.000100005 inside [1 − 3e-4, 1 + 4e-4], A = +1: ℓ = −s and
+    #   dℓ/dlogp_t = −s (each token's gradient is scaled by the sequence ratio).
+    logp = t([-1.0, -2.0, -1.0], [-1.0, -1.0, 0.0], [-1.0, -1.0, 0.0]).requires_grad_(True)
+    old = t([-1.2, -1.9, -5.0], [-1.0, -1.0, 0.0], [-1.0001, -1.0001, 0.0])
+    mask = t([1, 1, 0], [1, 1, 0], [1, 1, 0])
+    adv = t([1.0] * 3, [-1.0] * 3, [1.0] * 3)
+    loss = gspo_pg(logp, old, adv, mask, clip_low=3e-4, clip_high=4e-4)
+    s2 = 1.0001000050001667
+    assert torch.allclose(loss[0, :2], t(-1.0004, -1.0004), atol=TOL)
+    assert torch.allclose(loss[1, :2], t(1.0, 1.0), atol=TOL)
+    assert torch.allclose(loss[2, :2], t(-s2, -s2), atol=TOL)
+    (loss * mask).sum().backward()
+    want = t([0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [-s2, -s2, 0.0])
+    assert torch.allclose(logp.grad, want, atol=TOL)
+
+
+def test_discounted_returns_skip_masked_positions():
+    # γ = 0.9, rewards [0, 5, 0, 1] with position 1 masked out: G = [0.81, 0, 0.9, 1].
+    g = discounted_returns(t([0.0, 5.0, 0.0, 1.0]), t([1, 0, 1, 1]), gamma=0.9)
+    assert torch.allclose(g, t([0.81, 0.0, 0.9, 1.0]), atol=TOL)
+
+
+def parse_spec(family: str, tree: dict):
+    reg = {"advantage": ADVANTAGES, "controller": CONTROLLERS}[family]
+    return reg.spec(tree["kind"])(**tree)
+
+
+def test_reinforce_pp_whitens_returns_over_the_batch():
+    # Rewards 1 and 0 on the last of 2 tokens, γ = 1, no KL: returns [1, 1] and [0, 0];
+    # whitened over the 4 tokens (mean 0.5, unbiased var 1/3): ±0.5/√(1/3) = ±0.866025.
+    mask = t([1, 1], [1, 1])
+    spec = parse_spec("advantage", {"kind": "reinforce_pp"})
+    x = AdvantageInputs(reward_B=t(1.0, 0.0), group_B=torch.tensor([0, 1]), mask_BT=mask)
+    a = estimate(spec, x).adv_BT
+    assert torch.allclose(a, t([0.866025, 0.866025], [-0.866025, -0.866025]), atol=TOL)
+    # β = 0.1, k1 = old − ref = [0.5, 0] and [0, −1]: rewards [−0.05, 1] and [0, 0.1];
+    # returns [0.95, 1.0] and [0.1, 0.1]; mean 0.5375, unbiased var 0.255625:
+    # [0.815872, 0.914766, −0.865319, −0.865319].
+    spec = parse_spec("advantage", {"kind": "reinforce_pp", "kl_coef": 0.1})
+    x = AdvantageInputs(
+        reward_B=t(1.0, 0.0),
+        group_B=torch.tensor([0, 1]),
+        mask_BT=mask,
+        old_logp_BT=t([-1.0, -2.0], [-1.0, -2.0]),
+        ref_logp_BT=t([-1.5, -2.0], [-1.0, -1.0]),
+    )
+    a = estimate(spec, x).adv_BT
+    want = t([0.815872, 0.914766], [-0.865319, -0.865319])
+    assert torch.allclose(a, want, atol=TOL)
+
+
+def test_reinforce_pp_baseline_subtracts_group_mean_then_whitens_tokens():
+    # Rewards [1, 0 | 1, 1] in groups 0 and 1: r − mean_g = [0.5, −0.5, 0, 0]; row 0 has 2
+    # tokens, the others 1: token values [0.5, 0.5, −0.5, 0, 0], mean 0.1, unbiased var 0.175:
+    # [0.956183, 0.956183, −1.434274, −0.239046, −0.239046].
+    mask = t([1, 1], [1, 0], [1, 0], [1, 0])
+    spec = parse_spec("advantage", {"kind": "reinforce_pp_baseline"})
+    x = AdvantageInputs(
+        reward_B=t(1.0, 0.0, 1.0, 1.0), group_B=torch.tensor([0, 0, 1, 1]), mask_BT=mask
+    )
+    a = estimate(spec, x).adv_BT
+    want = t([0.956183, 0.956183], [-1.434274, 0.0], [-0.239046, 0.0], [-0.239046, 0.0])
+    assert torch.allclose(a, want, atol=TOL)
+
+
+def test_reinforce_has_no_baseline():
+    spec = parse_spec("advantage", {"kind": "reinforce"})
+    x = AdvantageInputs(reward_B=t(1.0, 0.0), group_B=torch.tensor([0, 0]), mask_BT=t([1], [1]))
+    assert torch.allclose(estimate(spec, x).adv_BT, t([1.0], [0.0]))
+
+
+def test_kto_losses_reference_point_and_gradient():
+    # Δ = logp − ref = [0.5, −0.5] (desirable, undesirable), β = 0.1.
+    # z_0 = max(0, mean(Δ)) = 0: both losses 1 − σ(0.05) = 0.487503;
+    # dℓ_D/dlogp = −β·σ(0.05)(1 − σ(0.05)) = −0.024984, dℓ_U/dlogp = +0.024984.
+    logp = t(-1.0, -2.0).requires_grad_(True)
+    ref, des = t(-1.5, -1.5), torch.tensor([True, False])
+    z0 = kto_reference_point(logp.detach(), ref)
+    assert z0.item() == 0.0
+    loss, reward = kto(logp, ref, des, z0, beta=0.1)
+    assert torch.allclose(loss, t(0.487503, 0.487503), atol=TOL)
+    assert torch.allclose(reward, t(0.05, -0.05), atol=TOL)
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, t(-0.024984, 0.024984), atol=TOL)
+    # z_0 from the policy before the update: old Δ = [1.0, 0.5] → 0.75.
+    # desirable 1 − σ(0.1(0.5 − 0.75)) = 0.506250; undesirable 1 − σ(0.1(0.75 + 0.5)) = 0.468791,
+    # the undesirable one weighted by λ_U = 2: 0.937581.
+    z0 = kto_reference_point(t(-0.5, -1.0), ref)
+    assert abs(z0.item() - 0.75) < TOL
+    loss, _ = kto(t(-1.0, -2.0), ref, des, z0, beta=0.1, lambda_u=2.0)
+    assert torch.allclose(loss, t(0.506250, 0.937581), atol=TOL)
+    # a negative mean log-ratio is clamped to 0
+    assert kto_reference_point(t(-3.0), t(-1.0)).item() == 0.0
+
+
+def test_poft_prefers_the_model_over_the_scorer():
+    # avg_θ = −2/2 = −1, avg_ref = −1/2 = −0.5: z = −0.5, ℓ = log(1 + e^{0.5}) = 0.974077;
+    # dℓ/dlogp = −(1 − σ(−0.5))/2 = −0.311230 (the NLL's −1/2 times σ(0.5)).
+    logp = t(-2.0).requires_grad_(True)
+    loss, margin = poft(logp, t(-1.0), t(2.0))
+    assert abs(loss.item() - 0.974077) < TOL and abs(margin.item() + 0.5) < TOL
+    loss.backward()
+    assert abs(logp.grad.item() + 0.311230) < TOL
+
+
+def test_asft_pointwise_log_odds():
+    # β = 1: −log σ(lo(y)) = −log P̄, so ℓ = −avg_w − log(1 − P̄_l) with avg_w = −1/2 and
+    # avg_l = −4/4: 0.5 − log(1 − e^{−1}) = 0.5 + 0.458675 = 0.958675. Margin lo_w − lo_l =
+    # 0.432752 + 0.541325 = 0.974077.
+    loss, margin = asft(t(-1.0), t(-4.0), t(2.0), t(4.0), beta=1.0)
+    assert abs(loss.item() - 0.958675) < TOL and abs(margin.item() - 0.974077) < TOL
+    # β = 2: −log σ(2·0.432752) − log σ(2·0.541325)
+    want = math.log1p(math.exp(-0.865504)) + math.log1p(math.exp(-1.082650))
+    loss2, _ = asft(t(-1.0), t(-4.0), t(2.0), t(4.0), beta=2.0)
+    assert abs(loss2.item() - want) < TOL
+
+
+def test_periodic_controller():
+    every = build_controller(parse_spec("controller", {"kind": "periodic", "period": 4}))
+    assert [every.value(k) for k in range(8)] == [0, 0, 0, 1, 0, 0, 0, 1]
+    first = build_controller(
+        parse_spec("controller", {"kind": "periodic", "period": 3, "phase": 0})
+    )
+    assert [first.value(k) for k in range(6)] == [1, 0, 0, 1, 0, 0]
+    with pytest.raises(ConfigError, match="phase"):
+        build_controller(parse_spec("controller", {"kind": "periodic", "period": 3, "phase": 3}))
+
+
+def test_dapo_overlong_shaping():
+    # max 20 tokens, buffer 0.2 → L_buf 4, L_exp 16: 0 up to 16, then −(|y| − 16)/4.
+    got = [_overlong(n, 20, 0.2, 1.0) for n in (10, 16, 18, 20)]
+    assert got == [0.0, 0.0, -0.5, -1.0]
+    assert _overlong(20, 20, 0.0, 1.0) == 0.0
+    assert _overlong(18, 20, 0.2, 2.0) == -1.0
+
+
+def test_informative_groups_drop_all_equal_groups():
+    def it(group, reward):
+        return Item.of([1], [2], "sampled", "r", group=group, reward=reward)
+
+    items = [it(0, 1.0), it(0, 1.0), it(1, 0.0), it(1, 1.0), it(2, 0.0), it(2, 0.0)]
+    assert [x.group for x in _informative(items)] == [1, 1]
+
+
+def test_one_token_rollout_in_expectation():
+    # π = [0.5, 0.3, 0.2] over 3 tokens, gold y = 0, β = 0.1.
+    # τ = 1 (q = π): ℓ = −[0.5·log 0.5 − 0.1·(0.3·log 0.3 + 0.2·log 0.2)] = 0.278266.
+    #   ∂ℓ/∂z_j = −[q_y(δ_yj − π_j) − β·Σ_{v≠y} q_v(δ_vj − π_j)] = [−0.275, 0.165, 0.110].
+    # τ = 2 (q ∝ √π = [0.415446, 0.321803, 0.262751]): ℓ = 0.206933.
+    from tandem.algo.terms import one_token_rollout
+
+    z = torch.log(t(0.5, 0.3, 0.2)).reshape(1, 1, 3).requires_grad_(True)
+    lp = torch.log_softmax(z, -1)
+    loss = one_token_rollout(lp[..., 0], lp, temperature=1.0, beta=0.1)
+    assert abs(loss.item() - 0.278266) < TOL
+    loss.sum().backward()
+    assert torch.allclose(z.grad.flatten(), t(-0.275, 0.165, 0.110), atol=TOL)
+    lp2 = torch.log_softmax(z.detach(), -1)
+    loss2 = one_token_rollout(lp2[..., 0], lp2, temperature=2.0, beta=0.1)
+    assert abs(loss2.item() - 0.206933) < TOL
+    # β = 0 at τ = 1 is DFT's −sg(p)·log p
+    loss3 = one_token_rollout(lp2[..., 0], lp2, temperature=1.0, beta=0.0)
+    assert abs(loss3.item() + 0.5 * math.log(0.5)) < TOL
+
+
+def test_srft_terms_weight_by_sequence_entropy():
+    # Rows: an own sample that passed (entropies 0.2, 0.4: H̄ = 0.3, weight 0.1·e^0.3 = 0.134986),
+    # an own sample that failed (+log p), the in-group demonstration (A = 0.5, p = 0.5:
+    # −A·p/(p + 0.1) = −0.416667). SFT weight on the demonstration: 0.5·e^{−0.3} = 0.370409.
+    from tandem.algo.objective import TERMS, TokenInputs
+    from tandem.experience import ROLE_ID
+
+    logp = torch.log(t([0.5, 0.25], [0.5, 0.25], [0.5, 0.5]))
+    role = torch.tensor([[ROLE_ID["sampled"]] * 2, [ROLE_ID["sampled"]] * 2, [ROLE_ID["demo"]] * 2])
+    x = TokenInputs(
+        logp=logp,
+        old_logp=logp,
+        adv=t([1.0, 1.0], [-1.0, -1.0], [0.5, 0.5]),
+        role=role,
+        entropy=t([0.2, 0.4], [0.2, 0.4], [0.2, 0.4]),
+        mask=torch.ones(3, 2, dtype=F64),
+        reward=t(1.0, 0.0, 1.0),
+    )
+    rl = TERMS.get("srft_rl").fn(x, rl_scale=0.1, shaping_gamma=0.1, success_reward=1.0)
+    want = t(
+        [0.134986 * math.log(2), 0.134986 * math.log(4)],
+        [math.log(0.5), math.log(0.25)],
+        [-0.416667, -0.416667],
+    )
+    assert torch.allclose(rl, want, atol=TOL)
+    sft = TERMS.get("entropy_nll").fn(x, scale=0.5, sign=-1)
+    assert torch.allclose(sft[2], t(0.370409 * math.log(2), 0.370409 * math.log(2)), atol=TOL)
+
+
+def test_group_demos_weights_by_success():
+    # A group of 4 rollouts with 1 success: gate 0 → no demo (HPT), gate 1 → weight 1;
+    # linear → 1 − 1/4 = 0.75. A group with 0 successes: gate → 1, linear → 1.
+    from tandem.train.sources import SOURCES, DrawEnv
+
+    ex_a = Example(id="a", prompt="a", answer="1", solution="1")
+    ex_b = Example(id="b", prompt="b", answer="2", solution="2")
+
+    class Enc:
+        def prompt(self, ex):
+            return [1]
+
+        def demo(self, ex):
+            return [2, 3]
+
+    items = [
+        Item.of([1], [5], "sampled", "r", group=0, reward=r, example=ex_a) for r in (1, 0, 0, 0)
+    ]
+    items += [
+        Item.of([1], [5], "sampled", "r", group=1, reward=0.0, example=ex_b) for _ in range(4)
+    ]
+    env = DrawEnv(0, None, Enc(), None, {}, items, None, None)
+    pools = {"demos": [ex_a, ex_b], "train": [ex_a, ex_b]}
+
+    def draw(**kw):
+        spec = SOURCES.spec("group_demos")(kind="group_demos", watch="r", **kw)
+        got, _ = SOURCES.get("group_demos")("g", spec, pools, 0).draw(env)
+        return [(it.example.id, it.weight) for it in got]
+
+    assert draw(weighting="gate", gate=0) == [("b", 1.0)]
+    assert draw(weighting="gate", gate=1) == [("a", 1.0), ("b", 1.0)]
+    assert draw(weighting="linear") == [("a", 0.75), ("b", 1.0)]
+
+
+def test_sstoken_trains_only_the_top_rel_tokens():
+    # REL = log π_θ − log π_ref = [1, −1, 0] on 3 tokens; ρ = 0.6 keeps ceil(1.8) = 2: the
+    # first and the third. ℓ = [1, 0, 0.5] and the second token gets no gradient.
+    from tandem.algo.objective import TERMS, TokenInputs
+
+    logp = t([-1.0, -2.0, -0.5]).requires_grad_(True)
+    x = TokenInputs(
+        logp=logp,
+        old_logp=logp.detach(),
+        adv=torch.zeros(1, 3, dtype=F64),
+        role=torch.zeros(1, 3, dtype=torch.long),
+        ref_logp=t([-2.0, -1.0, -0.5]),
+        mask=torch.ones(1, 3, dtype=F64),
+    )
+    loss = TERMS.get("sstoken").fn(x, keep=0.6)
+    assert torch.allclose(loss, t([1.0, 0.0, 0.5]))
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, t([-1.0, 0.0, -1.0]))
+
+
+def test_fault_mask_marks_the_differing_tokens():
+    from tandem.train.sources import fault_mask
+
+    # gold 1 2 3 4 vs wrong 1 9 3 4: the second token differs; vs wrong 1 2 (shorter): the tail.
+    assert fault_mask([1, 2, 3, 4], [1, 9, 3, 4]) == [0, 1, 0, 0]
+    assert fault_mask([1, 2, 3, 4], [1, 2]) == [0, 0, 1, 1]
+    assert fault_mask([5, 6], [5, 6]) == [0, 0]
