@@ -150,6 +150,7 @@ def test_registry_and_seed():
         "sasr",
         "periodic",
         "target_entropy",
+        "tldr",
     }
     with pytest.raises(ConfigError, match="warmup_cosine"):
         CONTROLLERS.get("linear")

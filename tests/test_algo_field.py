@@ -285,3 +285,41 @@ def test_fault_mask_marks_the_differing_tokens():
     assert fault_mask([1, 2, 3, 4], [1, 9, 3, 4]) == [0, 1, 0, 0]
     assert fault_mask([1, 2, 3, 4], [1, 2]) == [0, 0, 1, 1]
     assert fault_mask([5, 6], [5, 6]) == [0, 0]
+
+
+def test_replaced_groups_drops_the_rollouts_of_prompts_turned_into_demonstrations():
+    from tandem.train.filters import FILTERS, apply_filters
+
+    ex_a = Example(id="a", prompt="a", answer="1", solution="1")
+    ex_b = Example(id="b", prompt="b", answer="2", solution="2")
+    items = [Item.of([1], [5], "sampled", "r", group=0, reward=0.0, example=ex_a) for _ in range(2)]
+    items += [
+        Item.of([1], [5], "sampled", "r", group=1, reward=1.0, example=ex_b) for _ in range(2)
+    ]
+    items.append(Item.of([1], [2], "demo", "gated", example=ex_a))
+    spec = FILTERS.spec("replaced_groups")(kind="replaced_groups", sources=["r"], by="gated")
+    kept, m = apply_filters({"switch": spec}, items)
+    assert [(it.source, it.example.id) for it in kept] == [("r", "b"), ("r", "b"), ("gated", "a")]
+    assert m["filter/replaced_items"] == 2.0
+
+
+def test_ift_propagated_weights():
+    # −log p' = [log 2, log 4] over |y| = 2 tokens: c = [0.346574, 0.693147].
+    # γ = 0.5: W = [c_0 + 0.5·c_1, c_1] = [0.693147, 0.693147], scaled to sum 2: [1, 1];
+    #   ℓ = [0.693147, 1.386294].
+    # γ = 0: W ∝ c, scaled to sum 2: [0.666667, 1.333333]; ℓ = [0.462098, 1.848392].
+    from tandem.algo.objective import TERMS, TokenInputs
+
+    def run(gamma):
+        logp = torch.log(t([0.5, 0.25]))
+        x = TokenInputs(
+            logp=logp,
+            old_logp=logp,
+            adv=torch.zeros(1, 2, dtype=F64),
+            role=torch.zeros(1, 2, dtype=torch.long),
+            mask=torch.ones(1, 2, dtype=F64),
+        )
+        return TERMS.get("ift").fn(x, mix=0.2, gamma=gamma)
+
+    assert torch.allclose(run(0.5), t([0.693147, 1.386294]), atol=TOL)
+    assert torch.allclose(run(0.0), t([0.462098, 1.848392]), atol=TOL)

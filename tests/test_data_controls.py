@@ -192,3 +192,140 @@ def test_prior_prompt_wraps_every_question_in_training_and_eval(tmp_path):
     with pytest.raises(ConfigError, match="task.prior"):
         Encoder(st.tokenizer, prior="no placeholder")
     assert set(PRIORS) == {"reasoning", "planning", "code", "knowledge", "null_example"}
+
+
+@pytest.mark.parametrize("balance", ["upsample", "upweight"])
+def test_mixture_upsample_and_upweight_reach_the_same_target_share(balance, tmp_path):
+    """Two data sets of 50 and 800 examples (natural share of the small one 50/850 = 0.059),
+    temperature 2: target share q = √50 / (√50 + √800) = 0.2. Upsampling serves the small set
+    about 20% of the time with weight 1; upweighting serves it about 6% of the time with weight
+    q/p = 3.4; the weighted share, what the loss sees, is about 0.2 both ways."""
+    from tandem.train.loop import build_state
+    from tandem.train.sources import SOURCES, DrawEnv
+
+    st = build_state(tiny_config(tmp_path, "method=sft"))
+    spec = SOURCES.spec("mixture")(
+        kind="mixture",
+        balance=balance,
+        temperature=2.0,
+        parts={
+            "small": {"task": "add", "params": {"digits": 1, "style": "plain"}, "train_pool": 50},
+            "large": {"task": "add", "params": {"digits": 2, "style": "plain"}, "train_pool": 800},
+        },
+    )
+    src = SOURCES.get("mixture")("mix", spec, {"demos": st.task.examples("train", 8)}, 0)
+    assert abs(src.target["small"] - 0.2) < 1e-9 and abs(src.natural["small"] - 50 / 850) < 1e-9
+    sizes = st.stages[0].sizes
+    served = weighted = total_w = 0.0
+    n = 0
+    for step in range(200):
+        env = DrawEnv(step, sizes, st.encoder, st.task, {}, [], None, None)
+        items, m = src.draw(env)
+        for it in items:
+            small = max(it.example.meta["operands"]) < 10  # one-digit operands
+            served += small
+            weighted += it.weight * small
+            total_w += it.weight
+            n += 1
+    share, wshare = served / n, weighted / total_w
+    print(f"\nCONTROL mixture {balance}: small set served {share:.3f}, weighted share {wshare:.3f}")
+    if balance == "upsample":
+        assert abs(share - 0.2) < 0.03
+    else:
+        assert abs(share - 50 / 850) < 0.02 and abs(m["mix/small/weight"] - 0.2 / (50 / 850)) < 1e-9
+    assert abs(wshare - 0.2) < 0.04
+
+
+def test_mixture_resumes_exactly(warm_tiny, tmp_path):
+    from tandem.train.loop import train_from_files
+
+    mix = (
+        "objective.sources.demos={kind: mixture, balance: upweight, temperature: 2.0, parts: "
+        "{small: {task: add, params: {digits: 1, style: plain}, train_pool: 50}, "
+        "large: {task: add, params: {digits: 2, style: plain}, train_pool: 400}}}"
+    )
+    args = ["method=sft", f"model.name={warm_tiny}", "eval.prompts=0", mix]
+    train(tiny_config(tmp_path / "full", *args, "steps=4"), log=lambda s: None)
+    train(tiny_config(tmp_path / "part", *args, "steps=2"), log=lambda s: None)
+    train_from_files(None, ["steps=4"], resume_dir=str(tmp_path / "part"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    a = strip(read_metrics(tmp_path / "full/metrics.jsonl"))
+    assert a == strip(read_metrics(tmp_path / "part/metrics.jsonl"))
+    assert any(r.get("mix/small/weight", 0) > 1 for r in a)
+
+
+def test_reasoning_gym_levels_drive_an_easy_to_hard_curriculum():
+    """reasoning-gym difficulty levels as the knob: chain_sum at 1-digit and 3-digit terms in
+    one training pool; the offline curriculum on meta.level serves every level-0 problem
+    before any level-1 one, and each level is scored by its own config."""
+    from tandem.tasks import get_task
+
+    task = get_task(
+        "rg:chain_sum",
+        {"levels": [{"min_digits": 1, "max_digits": 1}, {"min_digits": 3, "max_digits": 3}]},
+    )
+    pool = task.examples("train", 40)
+    assert sorted(ex.meta["level"] for ex in pool) == [0] * 20 + [1] * 20
+    assert all(task.score(ex, ex.answer).reward == 1.0 for ex in pool[::7])
+    sel = _sel("easy_to_hard", pool, feature="meta.level")
+    stream = ExampleStream(pool, 0, "train")
+    served = [ex.meta["level"] for s in range(10) for ex in sel.take(stream, 4, s)[0]]
+    assert served == [0] * 20 + [1] * 20
+    # the digits differ by level: level-1 questions hold 3-digit numbers
+    assert any(len(tok) == 3 for ex in pool if ex.meta["level"] == 1 for tok in ex.prompt.split())
+
+
+def test_tldr_controller_math():
+    # Reference points: short-only acc 0.3 / length 10, long-only acc 0.7 / length 50; η 4.
+    # acc 0.5, length 30: b_short = 20/40 = 0.5, b_long = 0.2/0.4 = 0.5: α stays at 0.5.
+    # acc 0.4, length 10: b_short 0, b_long 0.75: α_long = e^3/(1 + e^3) = 0.952574, then
+    # smoothed with c = 1e-4: 0.9999·0.952574 + 0.00005 = 0.952529.
+    spec = CONTROLLERS.spec("tldr")
+    kw = {"acc_short": 0.3, "acc_long": 0.7, "len_short": 10.0, "len_long": 50.0}
+    c = build_controller(spec(kind="tldr", smoothing=0.0, **kw))
+    c.eval_update(0, {"eval/accuracy": 0.5, "eval/len_mean": 30.0})
+    assert abs(c.value(1) - 0.5) < 1e-9
+    c.eval_update(1, {"eval/accuracy": 0.4, "eval/len_mean": 10.0})
+    assert abs(c.value(2) - 0.952574) < 1e-6
+    d = build_controller(spec(kind="tldr", **kw))
+    d.eval_update(0, {"eval/accuracy": 0.4, "eval/len_mean": 10.0})
+    assert abs(d.value(1) - 0.952529) < 1e-6
+    c.update(3, {"loss/sft": 1.0})  # training metrics do not move it
+    assert abs(c.value(4) - 0.952574) < 1e-6
+
+
+def test_tldr_moves_a_short_long_mixture_from_evaluations(tmp_path):
+    """SFT on Knights and Knaves, short (bare answers) and long (worked solutions) parts, the
+    long share set by a tldr controller that reads the evaluation every 2 steps: with the
+    tiny model below the long-only reference accuracy and shorter than the short-only
+    reference length, every evaluation raises the long share; a resumed run matches."""
+    from tandem.train.loop import train_from_files
+
+    kk = "task: 'rg:knights_knaves', train_pool: 40"
+    args = [
+        "method=sft",
+        "task.name=rg:knights_knaves",
+        "task.params={}",
+        "eval.prompts=4",
+        "eval.every=2",
+        "eval.before=false",
+        "max_new_tokens=8",
+        "objective.sources.demos={kind: mixture, share: {long: tldr}, parts: {short: {"
+        + kk
+        + "}, long: {"
+        + kk
+        + ", params: {traces: true}}}}",
+        "objective.controllers.tldr={kind: tldr, acc_short: 0.0, acc_long: 1.0, "
+        "len_short: 1000, len_long: 2000}",
+    ]
+    train(tiny_config(tmp_path / "full", *args, "steps=6"), log=lambda s: None)
+    rows = [r for r in read_metrics(tmp_path / "full/metrics.jsonl") if "mix/long/target" in r]
+    targets = [r["mix/long/target"] for r in rows]
+    assert targets[0] == 0.5 and targets[2] > targets[1] == 0.5 < targets[-1]
+    assert targets[2] == targets[3] and targets[4] > targets[3]  # moves at evaluations only
+    train(tiny_config(tmp_path / "part", *args, "steps=2"), log=lambda s: None)
+    train_from_files(None, ["steps=6"], resume_dir=str(tmp_path / "part"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "full/metrics.jsonl")) == strip(
+        read_metrics(tmp_path / "part/metrics.jsonl")
+    )

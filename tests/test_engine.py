@@ -373,3 +373,21 @@ def test_full_vocabulary_need_filled_only_when_asked(warm_tiny, tmp_path):
     assert seen["batch"].needs["ref_vocab_logp_BTV"].shape[-1] == st.model.config.vocab_size
     plain = build_state(tiny_config(tmp_path / "p", "method=sft", f"model.name={warm_tiny}"))
     assert plain.reference is None
+
+
+def test_ift_mixed_inputs_forward(tmp_path):
+    """IFT's forward on mixed input embeddings: at λ = 0 it is the plain forward; at λ = 1
+    with the gold tokens as the "predictions" too; with other predictions the log-probs move."""
+    st = build_state(tiny_config(tmp_path, "method=ift"))
+    exs = st.task.examples("train", 4)
+    items = [Item.of(st.encoder.prompt(e), st.encoder.demo(e), "demo", "demos") for e in exs]
+    mb = collate(items, st.encoder.pad_id)
+    with torch.no_grad():
+        plain = st.backend.forward(st.model, mb).logp
+        same = st.backend.forward(st.model, mb, mix=(torch.zeros_like(mb.input_ids_BT), 0.0)).logp
+        gold = st.backend.forward(st.model, mb, mix=(mb.input_ids_BT, 1.0)).logp
+        other = st.backend.forward(st.model, mb, mix=(torch.zeros_like(mb.input_ids_BT), 0.5)).logp
+    m = mb.target_mask_BT.bool()
+    torch.testing.assert_close(same[m], plain[m])
+    torch.testing.assert_close(gold[m], plain[m])
+    assert (other[m] - plain[m]).abs().max() > 1e-3

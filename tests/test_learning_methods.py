@@ -295,6 +295,13 @@ CASES = {
         ),
         condition="E",
     ),
+    # Off: SFT (gold inputs, no propagated weights).
+    "ift": Case(
+        (),
+        ("method=sft",),
+        "the IFT term trained at every step (on mixed inputs)",
+        lambda rows: len(_logged(rows, "loss/ift")) == 60,
+    ),
     # Off: SFT (every token weight 1).
     "fait": Case(
         (),

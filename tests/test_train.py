@@ -62,6 +62,7 @@ PRESET_ARGS = {
     "c_rlft": [],
     "fait": [],
     "warmup_rl": ["stages.warmup.steps=1"],
+    "ift": [],
 }
 
 # First three values of loss/total and optim/grad_norm (and reward/mean for steps that sample)
@@ -123,6 +124,10 @@ GOLDEN = {
         "loss/total": [0.882313, -0.005942, 1.244541],
         "optim/grad_norm": [8.029376, 0.572318, 16.237328],
         "reward/mean": [0.265625, 0.296875, 0.25],
+    },
+    "ift": {
+        "loss/total": [1.185502, 1.147019, 1.01491],
+        "optim/grad_norm": [6.96479, 6.649135, 2.230452],
     },
     "interleave": {
         "loss/total": [-0.004798, 0.69275, 0.009626],

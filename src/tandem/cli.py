@@ -132,7 +132,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         first = next(
             (ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), ""
         )
-        print(f"  {name:<14} {first}")
+        print(f"  {name:<22} {first}")
     print("the parts an objective is built from (kind: in objective.sources / terms / ...):")
     for title, reg in (
         ("sources", SOURCES),

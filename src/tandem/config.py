@@ -381,8 +381,12 @@ def _controller_refs(spec: BaseModel) -> list[tuple[str, str]]:
     for name, field in type(spec).model_fields.items():
         extra = field.json_schema_extra or {}
         value = getattr(spec, name)
-        if isinstance(extra, dict) and extra.get("ref") == "controller" and isinstance(value, str):
+        if not (isinstance(extra, dict) and extra.get("ref") == "controller"):
+            continue
+        if isinstance(value, str):
             refs.append((name, parse_coef(value)[0] or ""))
+        elif isinstance(value, dict):  # a map of names to numbers or controllers
+            refs += [(f"{name}.{k}", v) for k, v in value.items() if isinstance(v, str)]
     return refs
 
 

@@ -38,6 +38,11 @@ class Controller(Protocol):
         """Read the statistics of step ``step`` after it ran; may be a no-op."""
         ...
 
+    def eval_update(self, step: int, stats: dict[str, float]) -> None:
+        """Read an evaluation's metrics (`eval/accuracy`, ...) after step ``step``, before the
+        checkpoint of that step is written; may be a no-op."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -56,6 +61,9 @@ class _Base:
     _state_keys: tuple[str, ...] = ()
 
     def update(self, step: int, stats: dict[str, float]) -> None:
+        return None
+
+    def eval_update(self, step: int, stats: dict[str, float]) -> None:
         return None
 
     def metrics(self) -> dict[str, float]:
@@ -269,6 +277,87 @@ class TargetEntropy(_Base):
         )
 
 
+class TldrSpec(Spec):
+    """The long-data share of a short/long SFT mixture, re-weighted at each evaluation from
+    accuracy and length against two reference points (TLDR)."""
+
+    init: float = Field(0.5, gt=0.0, lt=1.0)
+    """The long share at the start (TLDR: a 1:1 mixture)."""
+    eta: float = Field(4.0, gt=0.0)
+    """Step size of the exponentiated update (TLDR's ETA)."""
+    smoothing: float = Field(1e-4, ge=0.0, lt=1.0)
+    """c: α ← (1 − c)·α + c/2 after each update."""
+    acc_short: float
+    acc_long: float
+    """Accuracy of a model trained on short-only and on long-only data (the reference points)."""
+    len_short: float
+    len_long: float
+    """Their mean response lengths on the same evaluation."""
+    stat_acc: str = "eval/accuracy"
+    stat_len: str = "eval/len_mean"
+
+
+@CONTROLLERS.register("tldr", TldrSpec, "short/long data share from eval accuracy and length")
+class Tldr(_Base):
+    """TLDR, "Too Long, Do Re-weighting" (arXiv 2506.02678; zzli2022/TLDR
+    `dynamic_callback.py::Long2ShortDynamicLoadingCallback`, a460888): SFT on a mixture of
+    short (System-1) and long (System-2) solutions whose proportions move at each evaluation:
+
+        b_short = max((len_cur − len_short) / |len_long − len_short|, 0)   (too long: more short)
+        b_long  = max((acc_long − acc_cur) / |acc_long − acc_short|, 0)    (too weak: more long)
+        α ← softmax(log α + η·b);   α ← (1 − c)·α + c/2
+
+    with α = (α_short, α_long). value(step) is α_long: use it as a `mixture` source's share of
+    its long part (`share: {long: <name>}`). The reference points come from runs on short-only
+    and long-only data (TLDR measures them with reference models on a dev set). It reads the
+    run's evaluations (`eval.every`), not the training step's metrics."""
+
+    kind = "tldr"
+    _state_keys = ("alpha_long", "last")
+
+    def __init__(
+        self,
+        init: float,
+        eta: float,
+        smoothing: float,
+        acc_short: float,
+        acc_long: float,
+        len_short: float,
+        len_long: float,
+        stat_acc: str,
+        stat_len: str,
+    ) -> None:
+        if acc_long == acc_short or len_long == len_short:
+            raise ConfigError("tldr: the short and long reference points must differ")
+        self.alpha_long = float(init)
+        self.eta, self.c = float(eta), float(smoothing)
+        self.acc = (float(acc_short), float(acc_long))
+        self.len = (float(len_short), float(len_long))
+        self.stat_acc, self.stat_len = stat_acc, stat_len
+        self.last: dict[str, float] = {}
+
+    def value(self, step: int) -> float:
+        return self.alpha_long
+
+    def eval_update(self, step: int, stats: dict[str, float]) -> None:
+        acc, length = stats.get(self.stat_acc), stats.get(self.stat_len)
+        if acc is None or length is None:
+            return
+        (a_s, a_l), (l_s, l_l) = self.acc, self.len
+        b_short = max((length - l_s) / abs(l_l - l_s), 0.0)
+        b_long = max((a_l - acc) / abs(a_l - a_s), 0.0)
+        log_s = math.log(1.0 - self.alpha_long) + self.eta * b_short
+        log_l = math.log(self.alpha_long) + self.eta * b_long
+        top = max(log_s, log_l)
+        e_s, e_l = math.exp(log_s - top), math.exp(log_l - top)
+        alpha = e_l / (e_s + e_l)
+        self.alpha_long = (1.0 - self.c) * alpha + self.c / 2
+        self.last = {"b_short": b_short, "b_long": b_long}
+
+    def metrics(self) -> dict[str, float]:
+        return {"long_share": self.alpha_long, **self.last}
+
+
 class AdaptiveKlSpec(Spec):
     """β that moves the measured KL towards a target (verl's AdaptiveKLController)."""
 
@@ -416,6 +505,7 @@ __all__ = [
     "Periodic",
     "Sasr",
     "TargetEntropy",
+    "Tldr",
     "WarmupCosine",
     "build_controller",
 ]

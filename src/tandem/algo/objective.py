@@ -25,7 +25,9 @@ the current log-probs detached, ratio 1), ``ref_logp`` (the reference model), ``
 (an advantage estimator must be configured), ``vocab_logp``/``ref_vocab_logp`` (the policy's
 and the reference's whole distribution at each token: vocab_kl), ``old_logp_batch`` (the
 policy's log-probs on the whole batch before the update even with one update: a `prepare`
-reads them).
+reads them), ``ift_inputs`` (the policy's greedy prediction at each trained token, from one
+no-grad forward; the training forward of the term's rows then runs on IFT's mixed input
+embeddings).
 
 Every term reads its tokens through `mask` (its sources, roles and pair side); the math itself
 is in the pure functions of `tandem.algo.terms`, `.preference` and `.value`, which the adapters
@@ -72,6 +74,7 @@ NEEDS = (
     "vocab_logp",
     "ref_vocab_logp",
     "old_logp_batch",
+    "ift_inputs",
 )
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -421,6 +424,45 @@ def _sstoken(x: TokenInputs, *, keep: float):
     rel = x.logp.detach() - x.ref_logp
     keep_BT = _top_per_row(x.mask.bool(), rel, keep)
     return -x.logp * keep_BT.to(x.logp.dtype)
+
+
+class IftSpec(TokenTermSpec):
+    """IFT on demonstrations: NLL from a forward on inputs mixed with the model's own
+    predictions, weighted by the discounted future loss."""
+
+    mix: float = Field(0.2, ge=0.0, le=1.0)
+    """λ: the share of the predicted token's embedding in each response input (IFT 0.2)."""
+    gamma: float = Field(0.95, ge=0.0, le=1.0)
+    """Discount of the propagated loss weights (IFT 0.95)."""
+
+
+@_term(
+    "ift",
+    IftSpec,
+    "token",
+    ("ift_inputs",),
+    "IFT: NLL on mixed-embedding inputs, weighted by the discounted future loss",
+)
+def _ift(x: TokenInputs, *, mix: float, gamma: float):
+    """IFT, Intuitive Fine-Tuning (arXiv 2405.11870), as TsinghuaC3I/Intuitive-Fine-Tuning
+    `src/trainers.py` (03adb93, `loss_config.name == 'ift'`, `get_cumsum_weight`): x.logp is
+    log p'_t of the gold token from the forward on mixed inputs e'_i = (1 − λ)E(y*_i) +
+    λE(ŷ_i) (ŷ_i the greedy prediction for position i, `mix` = λ); c_t = −log p'_t / |y|;
+    W_t = Σ_{k≥t} γ^{k−t} c_k, rescaled so that Σ_t W_t = |y| (L1 norm); ℓ_t = W_t·(−log p'_t).
+    As in the authors' code the weights are not detached. Aggregate seq-mean-token-mean for
+    the paper's mean_seq[Σ_t W_t·(−log p'_t) / |y|]."""
+    m = x.mask.to(x.logp.dtype)
+    n_B = m.sum(1, keepdim=True).clamp(min=1)
+    c_BT = -x.logp * m / n_B
+    w = torch.zeros_like(c_BT[:, 0])
+    cols = []
+    for t in range(c_BT.shape[1] - 1, -1, -1):  # right to left, masked positions skipped
+        on = m[:, t] > 0
+        w = torch.where(on, c_BT[:, t] + gamma * w, w)
+        cols.append(torch.where(on, w, torch.zeros_like(w)))
+    W_BT = torch.stack(cols[::-1], 1)
+    W_BT = W_BT * n_B / W_BT.sum(1, keepdim=True).clamp(min=1e-12)
+    return -W_BT * x.logp
 
 
 class OtrSpec(TokenTermSpec):

@@ -9,12 +9,12 @@ the deviations (`tandem recipes --details NAME` prints it).
 
 - `core`: sft, grpo, chord, luffy, sft_then_grpo
 - `rl`: rloo, reinforce_pp, reinforce_pp_baseline, gspo, dapo
-- `reweighted`: dft, anchored_sft, asft, poft, otr
+- `reweighted`: dft, anchored_sft, asft, poft, otr, c_rlft, fait, ift
 - `preference`: dpo, ipo, simpo, orpo, kto, spin
 - `ppo`: ppo, reft
 - `hybrid`: prefix_rft, relift, interleave, sasr, hpt, adaptive_mix, srft, uft, visurf
 - `self_improve`: rft, star, superhf, s3ft, metis_rise
-- `pipelines`: tulu3, sft_then_dpo
+- `pipelines`: tulu3, sft_then_dpo, warmup_rl
 """
 
 from __future__ import annotations

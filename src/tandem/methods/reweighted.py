@@ -189,3 +189,35 @@ def fait() -> dict:
         },
         "run_defaults": {"demos_per_step": 16},
     }
+
+
+@preset(
+    "ift",
+    "IFT: NLL on inputs mixed with the model's own predictions, weighted by discounted future loss",
+    "IFT arXiv 2405.11870; TsinghuaC3I/Intuitive-Fine-Tuning",
+)
+def ift() -> dict:
+    """IFT, Intuitive Fine-Tuning (arXiv 2405.11870, ACL 2025), checked against
+    TsinghuaC3I/Intuitive-Fine-Tuning (03adb93, `src/trainers.py`, `config/loss/ift.yaml`): a
+    no-grad forward on the gold demonstration gives the greedy prediction ŷ_i for each response
+    position; the training forward runs on temporal-residual inputs e'_i = (1 − λ)E(y*_i) +
+    λE(ŷ_i) (λ 0.2, no schedule) and predicts the gold tokens; each token's NLL is weighted by
+    the discounted sum of the losses after it (γ 0.95, L1-normalized to |y|, not detached, as
+    in the code). One extra forward per step (the prediction pass, no grad). The shared-prompt
+    packed forward steps aside for this term's rows (mixed embeddings are per row).
+    """
+    return {
+        "objective": {
+            "sources": DEMOS,
+            "terms": {
+                "ift": {
+                    "kind": "ift",
+                    "sources": ["demos"],
+                    "mix": 0.2,
+                    "gamma": 0.95,
+                    "agg": "seq-mean-token-mean",
+                }
+            },
+        },
+        "run_defaults": {"demos_per_step": 16},
+    }

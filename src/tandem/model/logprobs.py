@@ -234,6 +234,7 @@ def token_logprobs(
     value_head: nn.Module | None = None,
     inputs: dict[str, Tensor] | None = None,
     with_vocab: bool = False,
+    inputs_embeds_BTH: Tensor | None = None,
 ) -> TokenLogProbs:
     """Log-prob of each target token under the model, computed only where target_mask is set.
 
@@ -258,6 +259,8 @@ def token_logprobs(
         input_ids_BT: (B, T) token ids.
         attention_mask_BT: (B, T) 1 for real tokens, 0 for padding (left or right).
         target_mask_BT: (B, T) 1 where the token's log-prob is wanted.
+        inputs_embeds_BTH: (B, T, H) input embeddings to run instead of input_ids' own (IFT);
+            the targets are still input_ids.
     Returns:
         `TokenLogProbs` (logp_BT float32, entropy_BT float32 or None, values_BT or None).
     """
@@ -265,8 +268,13 @@ def token_logprobs(
     B, T = input_ids_BT.shape
     base = _base(model, inputs)
     with _tied_embedding_grad(model) as tied, lean_modules(model):
+        feed = (
+            {"input_ids": input_ids_BT}
+            if inputs_embeds_BTH is None
+            else {"inputs_embeds": inputs_embeds_BTH}  # IFT's mixed inputs; targets stay ids
+        )
         out = base(
-            input_ids=input_ids_BT,
+            **feed,
             attention_mask=attention_mask_BT,
             position_ids=position_ids_from_mask(attention_mask_BT),
             use_cache=False,

@@ -17,7 +17,9 @@ call, questions are distinct unless the dataset's problem space is smaller than 
 reasoning-gym has no worked solutions: ``Example.solution`` is the bare reference answer
 (None where the dataset has no single reference answer, e.g. rubiks_cube; ``answer`` is then "").
 With ``traces: true`` (rg:knights_knaves) it is a procedural worked solution ending with the
-answer line (`tandem.tasks.traces`).
+answer line (`tandem.tasks.traces`). ``levels`` (a list of config overrides, easiest first)
+makes the train split a mix of difficulty levels, each example's ``meta["level"]`` its index:
+the knob for a curriculum (`select: {kind: easy_to_hard, feature: meta.level}`).
 ``Example.meta["entry"]`` keeps the raw entry, which scoring needs.
 
 Scoring calls the dataset's own ``score_answer(answer, entry)`` (it may give partial credit).
@@ -112,7 +114,8 @@ def _check_config(name: str, config: dict, field: str) -> None:
                 + (
                     ""
                     if field.endswith(".ood")
-                    else "; plus 'ood' (config overrides for ood) and 'traces' (worked solutions)"
+                    else "; plus 'ood' (config overrides for ood), 'levels' (a list of them, for the "
+                    "train split) and 'traces' (worked solutions)"
                 )
             )
 
@@ -143,6 +146,11 @@ class ReasoningGymTask:
         self.dataset_cls, self.config_cls = _lookup(dataset)
         params = dict(params or {})
         ood = params.pop("ood", None) or {}
+        levels = params.pop("levels", None) or []
+        if not isinstance(levels, list) or not all(isinstance(lv, dict) for lv in levels):
+            raise ConfigError(
+                f"task.params.levels: must be a list of dicts of config overrides, got {levels!r}"
+            )
         self.tracer = None
         if params.pop("traces", False):
             from tandem.tasks.traces import TRACERS
@@ -157,17 +165,23 @@ class ReasoningGymTask:
             raise ConfigError(f"task.params.ood: must be a dict of config overrides, got {ood!r}")
         _check_config(dataset, params, "task.params")
         _check_config(dataset, ood, "task.params.ood")
+        for i, lv in enumerate(levels):
+            _check_config(dataset, lv, f"task.params.levels[{i}]")
         self.config = params
         self.ood_config = {**params, **ood}
+        self.level_configs = [{**params, **lv} for lv in levels]
         doc = (self.dataset_cls.__doc__ or "").strip().splitlines()
         self.description = f"reasoning-gym {dataset}" + (f": {doc[0].strip()}" if doc else "")
         # datasets used only for score_answer (which may read the config); validates it early
         self._scorers = {"base": self._make("eval", 0, 1), "ood": self._make("ood", 0, 1)}
+        for i, cfg in enumerate(self.level_configs):
+            self._scorers[f"level{i}"] = self._make("train", 0, 1, cfg)
 
-    def _make(self, split: str, seed: int, size: int) -> Any:
+    def _make(self, split: str, seed: int, size: int, config: dict | None = None) -> Any:
         from reasoning_gym import create_dataset
 
-        config = self.ood_config if split == "ood" else self.config
+        if config is None:
+            config = self.ood_config if split == "ood" else self.config
         base = _SEED_OFFSET[split] + (seed * _SEED_BLOCK) % 2**30
         try:
             return create_dataset(self.dataset_name, seed=base, size=size, **config)
@@ -177,13 +191,28 @@ class ReasoningGymTask:
             raise ConfigError(f"{field}: invalid config for task {self.name!r}: {exc}") from exc
 
     def examples(self, split: Split, n: int, seed: int = 0) -> list[Example]:
-        """`n` examples of `split`; deterministic in `seed`."""
+        """`n` examples of `split`; deterministic in `seed`. With `levels`, the train split
+        holds n / len(levels) examples of each level (meta `level`: its index)."""
         check_split(split, n)
         if n == 0:
             return []
+        if split == "train" and self.level_configs:
+            k = len(self.level_configs)
+            out: list[Example] = []
+            for i, cfg in enumerate(self.level_configs):
+                m = n // k + (1 if i < n % k else 0)
+                if m:
+                    # each level from its own seed (seeds stay below 1024, see _SEED_BLOCK)
+                    out += self._draw(split, m, (seed + 97 * (i + 1)) % 1024, cfg, level=i)
+            return out
+        return self._draw(split, n, seed)
+
+    def _draw(
+        self, split: str, n: int, seed: int, config: dict | None = None, level: int | None = None
+    ) -> list[Example]:
         keep = EVAL_FRACTION if split != "train" else 1 - EVAL_FRACTION
         size = min(_SEED_BLOCK, int(4 * n / keep) + 100)
-        ds = self._make(split, seed, size)
+        ds = self._make(split, seed, size, config)
         out: list[Example] = []
         seen: set[str] = set()
         for idx in range(size):
@@ -192,7 +221,7 @@ class ReasoningGymTask:
             if question in seen or not in_split(f"rg:{question}", split):
                 continue
             seen.add(question)
-            out.append(self._example(entry, split))
+            out.append(self._example(entry, split, level))
             if len(out) == n:
                 break
         if not out:
@@ -202,7 +231,7 @@ class ReasoningGymTask:
             )
         return cycle_to(random.Random(seed).sample(out, len(out)), n) if len(out) < n else out
 
-    def _example(self, entry: dict, split: str) -> Example:
+    def _example(self, entry: dict, split: str, level: int | None = None) -> Example:
         answer = entry.get("answer")
         question = str(entry["question"])
         return Example(
@@ -216,7 +245,7 @@ class ReasoningGymTask:
                 if self.tracer is not None
                 else str(answer)
             ),
-            meta={"entry": entry, "split": split},
+            meta={"entry": entry, "split": split} | ({"level": level} if level is not None else {}),
         )
 
     def score(self, example: Example, completion: str) -> Score:
@@ -227,7 +256,10 @@ class ReasoningGymTask:
         candidates = extract_candidates(completion)
         if not candidates:
             return Score(0.0, "no answer found")
-        scorer = self._scorers["ood" if example.meta.get("split") == "ood" else "base"]
+        level = example.meta.get("level")
+        split = example.meta.get("split")
+        key = f"level{level}" if level is not None else ("ood" if split == "ood" else "base")
+        scorer = self._scorers[key]
         best, best_text, failure = -1.0, candidates[0], None
         for text in candidates:
             try:

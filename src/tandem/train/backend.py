@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from tandem.errors import TandemError
 from tandem.experience import Batch, Item, collate
@@ -256,12 +256,28 @@ class Backend:
         with_entropy: bool = False,
         value_head: nn.Module | None = None,
         with_vocab: bool = False,
+        mix: tuple[Tensor, float] | None = None,
     ) -> TokenLogProbs:
         """Log-probs (and entropies, values, whole-vocabulary log-probs) of the micro-batch's
-        trained tokens."""
+        trained tokens. `mix` = (predicted ids (B, T), λ): on trained positions the input
+        embedding is (1 − λ)·E(token) + λ·E(prediction) (IFT), the targets unchanged."""
         inputs = mb.model_inputs()
         args = (model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT)
         with self.autocast():
+            if mix is not None:
+                pred_BT, lam = mix
+                emb = model.get_input_embeddings()
+                gold = emb(mb.input_ids_BT)
+                on = mb.target_mask_BT.bool()[..., None]
+                mixed = torch.where(on, (1.0 - lam) * gold + lam * emb(pred_BT), gold)
+                return token_logprobs(
+                    *args,
+                    with_entropy=with_entropy,
+                    value_head=value_head,
+                    inputs=inputs or None,
+                    with_vocab=with_vocab,
+                    inputs_embeds_BTH=mixed,
+                )
             if self.share_prompts and not inputs:
                 return shared_prompt_logprobs(
                     *args, with_entropy=with_entropy, value_head=value_head, with_vocab=with_vocab

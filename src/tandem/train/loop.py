@@ -263,6 +263,7 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
             last = step == cfg.steps
             if evals and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
                 em = _eval_all(st, step, evals)
+                _controllers_read_eval(st, k, em)
                 writer.write(step, em)
                 bar.log(f"eval step {step}: " + _fmt(em))
             if (cfg.save_every and step % cfg.save_every == 0) or last:
@@ -289,6 +290,14 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
     except Exception as e:  # a plotting problem must not lose a finished run
         log(f"warning: could not draw curves.png: {e}")
     return summary
+
+
+def _controllers_read_eval(st: RunState, k: int, em: dict[str, float]) -> None:
+    """The evaluation after step k reaches the controllers of step k's stage (TLDR), before
+    the checkpoint of that step, so a resumed run has the same controller state."""
+    stage = st.stage_at(k)
+    for ctl in stage.controllers.values():
+        ctl.eval_update(k - stage.start, em)
 
 
 def _fmt(m: dict[str, float]) -> str:

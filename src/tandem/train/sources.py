@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tandem.encode import Encoder
 from tandem.errors import TandemError
@@ -169,6 +169,56 @@ class Source:
     # helpers shared by the sampling sources
     def _sample(self, env: DrawEnv, prompts: list[list[int]], call: int = 0, **kw) -> Rollout:
         return env.generate(prompts, call=self.salt + call, **kw)
+
+    def _continue(
+        self,
+        env: DrawEnv,
+        exs: list[Example],
+        prefixes: list[list[int]],
+        temperature: float | str | None,
+        group_size: int,
+        t0: float,
+    ) -> tuple[list[Item], dict[str, float], list[float]]:
+        """Sample each example's continuation after its prefix (a demonstration prefix or a
+        hint, possibly empty), prefix + continuation within max_new_tokens; score prefix +
+        continuation; items of spans prompt, prefix (role `prefix`), sampled, in groups of
+        `group_size`. Returns (items, the standard rollout metrics, rewards)."""
+        sz, enc = env.sizes, env.encoder
+        out = self._sample(
+            env,
+            [enc.prompt(ex) + pre for ex, pre in zip(exs, prefixes)],
+            max_new_tokens=sz.max_new_tokens,
+            temperature=_temperature(env, temperature),
+        )
+        comps, logps, fins = [], [], []
+        for pre, c, lp, fin in zip(prefixes, out.completions, out.logprobs, out.finished):
+            budget = sz.max_new_tokens - len(pre)
+            if len(c) > budget:  # prefix + continuation stay within max_new_tokens
+                c, lp, fin = c[:budget], lp[:budget], False
+            comps.append(c)
+            logps.append(list(lp))
+            fins.append(fin)
+        scores, counts = env.score(exs, [enc.decode(pre + c) for pre, c in zip(prefixes, comps)])
+        self.observe(exs, [s.reward for s in scores], env.step)
+        rewards = [s.reward for s in scores]
+        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0) | self.selected
+        items = []
+        for i, (ex, pre, c) in enumerate(zip(exs, prefixes, comps)):
+            spans = [Span(enc.prompt(ex), "prompt")]
+            if pre:
+                spans.append(Span(list(pre), "prefix"))
+            spans.append(Span(c, "sampled", logps[i]))
+            items.append(
+                Item(
+                    spans,
+                    self.name,
+                    group=i // group_size,
+                    reward=rewards[i],
+                    finished=fins[i],
+                    example=ex,
+                )
+            )
+        return items, m, rewards
 
 
 def conditioned(exs: list[Example], condition: str | None) -> list[Example]:
@@ -475,6 +525,121 @@ def fault_mask(gold: list[int], wrong: list[int]) -> list[int]:
     return mask
 
 
+# -------------------------------------------------------------------------------- mixtures
+
+
+class MixturePart(BaseModel):
+    """One data set of a mixture: a task's training examples with gold solutions."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    """A task name, as `task.name` (`add`, `rg:<dataset>`, `jsonl`)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    train_pool: int = Field(2000, ge=1)
+    """Its size n_i (examples drawn from the task): what makes the mixture imbalanced."""
+
+
+class MixtureSpec(SourceSpec):
+    """Gold solutions from several data sets of different sizes, balanced by upsampling or by
+    upweighting ("Upsample or Upweight?", arXiv 2410.04579)."""
+
+    parts: dict[str, MixturePart] = Field(min_length=1)
+    balance: Literal["upsample", "upweight"] = "upsample"
+    """upsample: each item's data set is drawn with p_i ∝ n_i^(1/T) (temperature sampling);
+    upweight: drawn in natural proportion p_i ∝ n_i, each item's loss weighted
+    (n_i^(1/T)/Σ_j n_j^(1/T)) / (n_i/Σ_j n_j) (scalarization): the same expected objective."""
+    temperature: float = Field(1.0, ge=1.0)
+    """T: 1 = natural proportions, larger flattens towards uniform (T → ∞)."""
+    share: dict[str, float | str] = Field(
+        default_factory=dict, json_schema_extra={"ref": "controller"}
+    )
+    """Fixed target shares of some parts (a number, or a controller's name: TLDR's long
+    share); the other parts split the rest by the temperature rule."""
+
+    def check(self, sizes: dict[str, Any], earlier: list[str]) -> str | None:
+        unknown = sorted(set(self.share) - set(self.parts))
+        if unknown:
+            return f"share: unknown part(s) {unknown}; parts: {', '.join(self.parts)}"
+        return None
+
+
+@SOURCES.register(
+    "mixture", MixtureSpec, "gold solutions of several data sets, upsampled or upweighted"
+)
+class Mixture(Source):
+    """SFT data from several tasks of different sizes, each its own stream, balanced by
+    temperature: the target share of data set i is q_i = n_i^(1/T) / Σ_j n_j^(1/T). `upsample`
+    draws each of the step's demos_per_step items from data set i with probability q_i;
+    `upweight` draws with the natural p_i = n_i / Σ_j n_j and gives each item the weight
+    q_i / p_i, so both have the same expected loss and differ in variance and in how often a
+    small data set's examples repeat (the paper's comparison). Items are scored by no verifier
+    (SFT); each part's stream position is in every checkpoint. Metrics: `mix/<part>/share`
+    (the step's share of items), `mix/<part>/weight`."""
+
+    default_stream = "demos"
+
+    def __init__(self, name, spec, pools, seed):
+        super().__init__(name, spec, pools, seed)
+        from tandem.tasks import get_task
+
+        self.parts: dict[str, ExampleStream] = {}
+        sizes = {}
+        for pname, part in spec.parts.items():
+            task = get_task(part.task, part.params)
+            pool = [ex for ex in task.examples("train", part.train_pool, seed=seed) if ex.solution]
+            if not pool:
+                raise TandemError(
+                    f"source {name}: part {pname} ({part.task}) has no gold solutions"
+                )
+            self.parts[pname] = ExampleStream(pool, seed, f"{name}:{pname}")
+            sizes[pname] = float(len(pool))
+        total = sum(sizes.values())
+        tq = {k: v ** (1.0 / spec.temperature) for k, v in sizes.items()}
+        self.natural = {k: v / total for k, v in sizes.items()}
+        self.target = {k: v / sum(tq.values()) for k, v in tq.items()}
+
+    def _target(self, env: DrawEnv) -> dict[str, float]:
+        """q_i: the parts in `share` at their set value, the rest of 1 split by temperature."""
+        fixed = {k: _temperature(env, v) for k, v in self.spec.share.items()}
+        rest = 1.0 - sum(fixed.values())
+        free = {k: v for k, v in self.target.items() if k not in fixed}
+        z = sum(free.values())
+        return {
+            k: fixed[k] if k in fixed else (rest * free[k] / z if z else 0.0) for k in self.parts
+        }
+
+    def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        spec, enc = self.spec, env.encoder
+        target = self._target(env) if spec.share else self.target
+        probs = target if spec.balance == "upsample" else self.natural
+        names = list(self.parts)
+        rng = random.Random(f"{self.seed}:{env.step}:{self.name}:mixture")
+        picks = rng.choices(names, weights=[probs[k] for k in names], k=env.sizes.demos_per_step)
+        items: list[Item] = []
+        for pname in picks:
+            ex = self.parts[pname].take(1)[0]
+            w = 1.0 if spec.balance == "upsample" else target[pname] / self.natural[pname]
+            items.append(
+                Item.of(enc.prompt(ex), enc.demo(ex), "demo", self.name, weight=w, example=ex)
+            )
+        m = {}
+        for pname in names:
+            m[f"mix/{pname}/share"] = picks.count(pname) / len(picks)
+            m[f"mix/{pname}/weight"] = (
+                1.0 if spec.balance == "upsample" else target[pname] / self.natural[pname]
+            )
+            m[f"mix/{pname}/target"] = target[pname]
+        return items, m
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "parts": {k: v.state_dict() for k, v in self.parts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for k, v in self.parts.items():
+            v.load_state_dict(state["parts"][k])
+
+
 # ---------------------------------------------------------------------------- prefix rollouts
 
 
@@ -527,11 +692,10 @@ class PrefixRollouts(Source):
         low, high = min(low, high), max(low, high)
         rng = random.Random(f"{self.seed}:{env.step}:{self.name}:prefix")
         prompts = self.take(sz.prompts_per_step, env.step)
-        exs, ids, prefixes, ratios = [], [], [], []
+        exs, prefixes, ratios = [], [], []
         for ex in prompts:
             demo = env.encoder.demo(ex)
             for j in range(G):
-                p_ids = env.encoder.prompt(ex)
                 pre: list[int] = []
                 if j >= G - P:
                     u = rng.betavariate(spec.beta_a, spec.beta_b)
@@ -541,39 +705,8 @@ class PrefixRollouts(Source):
                     pre = demo[: max(n, 0)]
                     ratios.append(ratio)
                 exs.append(ex)
-                ids.append(p_ids + pre)
                 prefixes.append(pre)
-        out = self._sample(
-            env,
-            ids,
-            max_new_tokens=sz.max_new_tokens,
-            temperature=_temperature(env, spec.temperature),
-        )
-        comps, logps, fins = [], [], []
-        for pre, c, lp, fin in zip(prefixes, out.completions, out.logprobs, out.finished):
-            budget = sz.max_new_tokens - len(pre)
-            if len(c) > budget:  # prefix + continuation stay within max_new_tokens
-                c, lp, fin = c[:budget], lp[:budget], False
-            comps.append(c)
-            logps.append(list(lp))
-            fins.append(fin)
-        texts = [env.encoder.decode(pre + c) for pre, c in zip(prefixes, comps)]
-        scores, counts = env.score(exs, texts)
-        self.observe(exs, [s.reward for s in scores], env.step)
-        rewards = [s.reward for s in scores]
-        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0)
-        m |= self.selected
-        items = []
-        for i, (ex, pre, c) in enumerate(zip(exs, prefixes, comps)):
-            spans = [Span(env.encoder.prompt(ex), "prompt")]
-            if pre:
-                spans.append(Span(list(pre), "prefix"))
-            spans.append(Span(c, "sampled", logps[i]))
-            items.append(
-                Item(
-                    spans, self.name, group=i // G, reward=rewards[i], finished=fins[i], example=ex
-                )
-            )
+        items, m, rewards = self._continue(env, exs, prefixes, spec.temperature, G, t0)
         lens = [len(p) for p in prefixes if p]
         m["prefix/len_mean"] = sum(lens) / max(len(lens), 1)
         m["prefix/ratio_mean"] = sum(ratios) / max(len(ratios), 1)
@@ -626,7 +759,7 @@ class HintedRollouts(Source):
         )
         rng = random.Random(f"{self.seed}:{env.step}:{self.name}:hint")
         prompts = self.take(sz.prompts_per_step, env.step)
-        exs, ids, hints = [], [], []
+        exs, hints = [], []
         for ex in prompts:
             demo = env.encoder.demo(ex)
             num = min(spec.pieces, len(demo))
@@ -635,38 +768,8 @@ class HintedRollouts(Source):
             hint = demo[: max(n, 0)]
             for _ in range(G):
                 exs.append(ex)
-                ids.append(env.encoder.prompt(ex) + hint)
                 hints.append(hint)
-        out = self._sample(
-            env,
-            ids,
-            max_new_tokens=sz.max_new_tokens,
-            temperature=_temperature(env, spec.temperature),
-        )
-        comps, logps, fins = [], [], []
-        for h, c, lp, fin in zip(hints, out.completions, out.logprobs, out.finished):
-            budget = sz.max_new_tokens - len(h)
-            if len(c) > budget:
-                c, lp, fin = c[:budget], lp[:budget], False
-            comps.append(c)
-            logps.append(list(lp))
-            fins.append(fin)
-        scores, counts = env.score(exs, [env.encoder.decode(h + c) for h, c in zip(hints, comps)])
-        self.observe(exs, [s.reward for s in scores], env.step)
-        rewards = [s.reward for s in scores]
-        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0)
-        m |= self.selected
-        items = []
-        for i, (ex, h, c) in enumerate(zip(exs, hints, comps)):
-            spans = [Span(env.encoder.prompt(ex), "prompt")]
-            if h:
-                spans.append(Span(list(h), "prefix"))
-            spans.append(Span(c, "sampled", logps[i]))
-            items.append(
-                Item(
-                    spans, self.name, group=i // G, reward=rewards[i], finished=fins[i], example=ex
-                )
-            )
+        items, m, _ = self._continue(env, exs, hints, spec.temperature, G, t0)
         m["hint/p"] = p if t <= spec.hint_steps else 0.0
         m["hint/len_mean"] = sum(len(h) for h in hints[::G]) / max(len(prompts), 1)
         m["rollout/groups_all_equal"] = _groups_all_equal(items)

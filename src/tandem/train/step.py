@@ -237,6 +237,11 @@ def _fill_needs(st: RunState, batch: Batch, plan, needs: set[str]) -> None:
         vals = "old_values_BT" if "old_values" in needs else None
         with torch.no_grad(), st.backend.casts():
             _no_grad_fill(st, batch, st.model, rows, "old_logp_BT", vals)
+    if "ift_inputs" in needs:  # the policy's greedy prediction at each trained token (IFT)
+        with torch.no_grad(), st.backend.casts():
+            _no_grad_fill(st, batch, st.model, rows, "_greedy_logp_BT", vocab="_greedy_BTV")
+        batch.needs.pop("_greedy_logp_BT")
+        batch.needs["greedy_pred_BT"] = batch.needs.pop("_greedy_BTV").argmax(-1)
     if "ref_logp" in needs or "ref_vocab_logp" in needs:
         vocab = "ref_vocab_logp_BTV" if "ref_vocab_logp" in needs else None
         with torch.no_grad():
@@ -346,6 +351,7 @@ def _update(
             chunks = microbatches(sub, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
             prev = _stash_grads(params) if measure else None
             wants = {x for t in group for x in t.needs}
+            mixer = next((t for t in group if "ift_inputs" in t.needs), None)
             for ci, idx in enumerate(chunks):
                 mb = sub.rows(idx)
                 out = st.backend.forward(
@@ -354,6 +360,7 @@ def _update(
                     with_entropy="entropy" in wants,
                     value_head=st.value_head if "values" in wants else None,
                     with_vocab="vocab_logp" in wants,
+                    mix=(mb.needs["greedy_pred_BT"], mixer.params["mix"]) if mixer else None,
                 )
                 loss = None
                 for t in group:
