@@ -144,7 +144,24 @@ class Source:
         self.selected: dict[str, float] = {}
 
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        """The kind's own items and metrics (each kind implements it)."""
         raise NotImplementedError
+
+    def make(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        """The step's items: `draw`, then the settings every source has: its `condition` on
+        the training prompts, its `weight` on every item (logged as `weight/<source>`)."""
+        items, m = self.draw(env)
+        if self.spec.condition:
+            for it in items:
+                if it.example is not None and it.spans and it.spans[0].role == "prompt":
+                    ex = replace(it.example, prompt=self.spec.condition + it.example.prompt)
+                    it.spans[0] = Span(env.encoder.prompt(ex), "prompt")
+        if self.spec.weight != 1.0:
+            for it in items:
+                it.weight *= self.spec.weight
+            if items:
+                m = {**m, f"weight/{self.name}": sum(it.weight for it in items) / len(items)}
+        return items, m
 
     def take(self, n: int, step: int) -> list[Example]:
         """The step's next n examples, through the selector (its metrics go to `selected`)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from tandem.algo.advantages import AdvantageInputs, estimate
 from tandem.algo.aggregate import Normalizer, aggregate, make_normalizer
 from tandem.algo.objective import BatchScores, PairInputs, SeqInputs, TokenInputs
-from tandem.experience import Batch, Item, Span, microbatches, minibatches
+from tandem.experience import Batch, Item, microbatches, minibatches
 from tandem.rewards.safe import score_batch
 from tandem.train.backend import Backend, step_generator
 from tandem.train.filters import apply_filters
@@ -80,14 +80,7 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
     items: list[Item] = []
     per_source: list[tuple[str, dict[str, float]]] = []
     for src in stage.sources_for(terms, coefs):
-        got, sm = src.draw(_draw_env(st, stage, k, coefs, items))
-        if src.spec.condition:
-            _condition(st.encoder, got, src.spec.condition)
-        if src.spec.weight != 1.0:
-            for it in got:
-                it.weight *= src.spec.weight
-            if got:
-                sm = {**sm, f"weight/{src.name}": sum(it.weight for it in got) / len(got)}
+        got, sm = src.make(_draw_env(st, stage, k, coefs, items))
         items += got
         per_source.append((src.name, sm))
     m |= _merge_source_metrics(per_source)
@@ -177,14 +170,6 @@ def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]
         generate=generate,
         score=lambda exs, texts: score_batch(stage.task or st.task, exs, texts),
     )
-
-
-def _condition(encoder, items: list[Item], tag: str) -> None:
-    """Put `tag` before the question of each item's prompt (its leading prompt span)."""
-    for it in items:
-        if it.example is not None and it.spans and it.spans[0].role == "prompt":
-            ex = replace(it.example, prompt=tag + it.example.prompt)
-            it.spans[0] = Span(encoder.prompt(ex), "prompt")
 
 
 def _merge_source_metrics(per_source: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
