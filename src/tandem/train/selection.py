@@ -41,7 +41,9 @@ class Selector:
     def __init__(self, spec: Spec, pool: list[Example], seed: int) -> None:
         self.spec, self.pool, self.seed = spec, pool, seed
 
-    def take(self, stream: ExampleStream, n: int, step: int) -> tuple[list[Example], dict]:
+    def take(
+        self, stream: ExampleStream, n: int, step: int, env: Any = None
+    ) -> tuple[list[Example], dict]:
         return stream.take(n), {}
 
     def observe(self, exs: list[Example], rewards: list[float], step: int) -> None:
@@ -99,7 +101,7 @@ class InstanceFilter(Selector):
         at = self.flagged.get(ex.id)
         return at is not None and step - at < self.spec.recheck_every
 
-    def take(self, stream, n, step):
+    def take(self, stream, n, step, env=None):
         kept: list[Example] = []
         skipped: list[Example] = []
         pulls = 0
@@ -165,7 +167,7 @@ class BetaCurriculum(Selector):
         a, b = self.belief.get(ex.id, (1.0, 1.0))
         return a / (a + b)
 
-    def take(self, stream, n, step):
+    def take(self, stream, n, step, env=None):
         spec = self.spec
         scores = [-abs(spec.target - self.expected(ex)) for ex in self.pool]
         rng = random.Random(f"{self.seed}:{step}:beta_curriculum")
@@ -260,7 +262,7 @@ class EasyToHard(Selector):
         self.order = sorted(idx, key=lambda i: sign * f(pool[i]))
         self.position = 0
 
-    def take(self, stream, n, step):
+    def take(self, stream, n, step, env=None):
         exs = []
         for _ in range(n):
             exs.append(self.pool[self.order[self.position % len(self.order)]])

@@ -45,6 +45,7 @@ from tandem.errors import TandemError
 from tandem.experience import Item, Span
 from tandem.registry import Registry, Spec
 from tandem.tasks.base import Example, Score, Task
+from tandem.train import pruning as _pruning  # noqa: F401  (registers uds, donod)
 from tandem.train.data import ExampleStream
 from tandem.train.selection import SELECTORS, build_selector
 
@@ -91,6 +92,10 @@ class DrawEnv:
     generate: Callable[..., Rollout]
     """generate(prompts, *, max_new_tokens, temperature, call, model="policy") -> Rollout."""
     score: Callable[[list[Example], list[str]], tuple[list[Score], dict[str, int]]]
+    inspect: Callable[[list[Item]], list[Any]] | None = None
+    """inspect(items) -> per item, the policy's view of its N trained tokens, no grad
+    (`tandem.train.step.Inspection`: logits, last hidden states, target ids, the LM head's
+    squared norm): for selectors that score examples with the model (UDS, DONOD)."""
 
 
 class SourceSpec(Spec):
@@ -163,9 +168,10 @@ class Source:
                 m = {**m, f"weight/{self.name}": sum(it.weight for it in items) / len(items)}
         return items, m
 
-    def take(self, n: int, step: int) -> list[Example]:
-        """The step's next n examples, through the selector (its metrics go to `selected`)."""
-        exs, self.selected = self.selector.take(self.stream, n, step)
+    def take(self, n: int, step: int, env: DrawEnv | None = None) -> list[Example]:
+        """The step's next n examples, through the selector (its metrics go to `selected`);
+        `env` lets a selector score candidates with the model."""
+        exs, self.selected = self.selector.take(self.stream, n, step, env=env)
         return exs
 
     def observe(self, exs: list[Example], rewards: list[float], step: int) -> None:
@@ -403,7 +409,7 @@ class Rollouts(Source):
     def _draw_groups(self, env: DrawEnv, call: int, group0: int):
         """One draw of prompts_per_step groups: (items, rollout, rewards, counts, metrics)."""
         spec, sz = self.spec, env.sizes
-        prompts = self.take(sz.prompts_per_step, env.step)
+        prompts = self.take(sz.prompts_per_step, env.step, env)
         n_roll = sz.samples_per_prompt - spec.demos
         if n_roll < 1:
             raise TandemError(
@@ -505,7 +511,7 @@ class Demos(Source):
     default_stream = "demos"
 
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
-        exs = self.take(env.sizes.demos_per_step, env.step)
+        exs = self.take(env.sizes.demos_per_step, env.step, env)
         enc, alpha = env.encoder, self.spec.fault_weight
         if not alpha:
             items = [
@@ -708,7 +714,7 @@ class PrefixRollouts(Source):
         low, high = _temperature(env, spec.ratio_low), _temperature(env, spec.ratio_high)
         low, high = min(low, high), max(low, high)
         rng = random.Random(f"{self.seed}:{env.step}:{self.name}:prefix")
-        prompts = self.take(sz.prompts_per_step, env.step)
+        prompts = self.take(sz.prompts_per_step, env.step, env)
         exs, prefixes, ratios = [], [], []
         for ex in prompts:
             demo = env.encoder.demo(ex)
@@ -775,7 +781,7 @@ class HintedRollouts(Source):
             1.0 + math.cos(math.pi * t / spec.hint_steps)
         )
         rng = random.Random(f"{self.seed}:{env.step}:{self.name}:hint")
-        prompts = self.take(sz.prompts_per_step, env.step)
+        prompts = self.take(sz.prompts_per_step, env.step, env)
         exs, hints = [], []
         for ex in prompts:
             demo = env.encoder.demo(ex)
@@ -829,7 +835,7 @@ class Pairs(Source):
         if mode == "online":
             return self._online(env)
         sz, enc = env.sizes, env.encoder
-        exs = self.take(sz.pairs_per_step, env.step)
+        exs = self.take(sz.pairs_per_step, env.step, env)
         if mode == "data":
             exs = [ex for ex in exs if ex.wrong]
             rng = random.Random(f"{self.seed}:{env.step}:{self.name}")
@@ -867,7 +873,7 @@ class Pairs(Source):
     def _online(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
         sz, enc = env.sizes, env.encoder
-        prompts = self.take(sz.prompts_per_step, env.step)
+        prompts = self.take(sz.prompts_per_step, env.step, env)
         G = sz.samples_per_prompt
         exs = [ex for ex in prompts for _ in range(G)]
         ids = [enc.prompt(ex) for ex in exs]
@@ -948,7 +954,7 @@ class SelfVerified(Source):
     def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
         spec, sz, enc = self.spec, env.sizes, env.encoder
-        prompts = self.take(sz.prompts_per_step, env.step)
+        prompts = self.take(sz.prompts_per_step, env.step, env)
         G = sz.samples_per_prompt
         exs = [ex for ex in prompts for _ in range(G)]
         out = self._sample(

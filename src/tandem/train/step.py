@@ -169,7 +169,51 @@ def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]
         items=items,
         generate=generate,
         score=lambda exs, texts: score_batch(stage.task or st.task, exs, texts),
+        inspect=lambda its: _inspect(st, its),
     )
+
+
+@dataclass
+class Inspection:
+    """The policy's view of one item's N trained tokens (no grad, float32)."""
+
+    logits: torch.Tensor
+    """(N, V): the logits that predict each trained token."""
+    hidden: torch.Tensor
+    """(N, H): the last hidden states the LM head maps to those logits."""
+    targets: torch.Tensor
+    """(N,): the trained token ids."""
+    head_sq_norm: float
+    """‖W‖²_F of the LM head (the same for every item)."""
+
+
+def _inspect(st: RunState, items: list[Item]) -> list[Inspection]:
+    """Each item's `Inspection` under the current policy, a micro-batch at a time."""
+    if not items:
+        return []
+    batch = st.backend.collate(items)
+    head = st.model.get_output_embeddings()
+    w2 = float(head.weight.detach().float().pow(2).sum())
+    out: list[Inspection] = [None] * len(items)  # type: ignore[list-item]
+    with torch.no_grad(), st.backend.casts():
+        for idx in microbatches(batch, st.cfg.tokens_per_microbatch, by_prompt=False):
+            mb = batch.rows(idx)
+            res = st.model(
+                input_ids=mb.input_ids_BT,
+                attention_mask=mb.attention_mask_BT,
+                output_hidden_states=True,
+            )
+            hidden = res.hidden_states[-1]
+            for j, i in enumerate(idx):
+                pos = mb.target_mask_BT[j].bool().nonzero().squeeze(1)
+                h = hidden[j, pos - 1]  # the state at t - 1 predicts token t
+                out[i] = Inspection(
+                    logits=head(h).float(),
+                    hidden=h.float(),
+                    targets=mb.input_ids_BT[j, pos],
+                    head_sq_norm=w2,
+                )
+    return out
 
 
 def _merge_source_metrics(per_source: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
