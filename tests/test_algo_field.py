@@ -323,3 +323,67 @@ def test_ift_propagated_weights():
 
     assert torch.allclose(run(0.5), t([0.693147, 1.386294]), atol=TOL)
     assert torch.allclose(run(0.0), t([0.462098, 1.848392]), atol=TOL)
+
+
+def test_mix_ppg_clips_around_the_old_to_behaviour_ratio():
+    from tandem.algo.terms import clipped_pg, mix_ppg
+
+    # Token 0: behaviour log-prob −1.5, old −1.0: c = e^0.5 = 1.648721; current −0.9:
+    #   r = e^0.6 = 1.822119 > c + 0.2 = 1.848721? no: inside, A = +1: ℓ = −r, dℓ/dlogp = −r.
+    # Token 1: r = e^1.0 = 2.718282 > c + 0.2 with A = +1: clipped at 1.848721, no gradient.
+    # Token 2: behaviour = old (a fresh sample): c = 1, the same as clipped_pg.
+    # Token 3: A = −1, r = e^(−2.0 + 1.5) = 0.606531 < c − 0.2 = 1.448721:
+    #   max(−A·r, −A·(c − 0.2)) = 1.448721, no gradient.
+    logp = t(-0.9, -0.5, -1.1, -2.0).requires_grad_(True)
+    old = t(-1.0, -1.0, -1.0, -1.0)
+    behav = t(-1.5, -1.5, -1.0, -1.5)
+    adv = t(1.0, 1.0, 1.0, -1.0)
+    loss = mix_ppg(logp, old, behav, adv, 0.2, 0.2, None)
+    c = math.exp(0.5)
+    want = [-math.exp(0.6), -(c + 0.2), -math.exp(-0.1), c - 0.2]
+    assert loss.tolist() == pytest.approx(want, abs=TOL)
+    loss.sum().backward()
+    assert logp.grad.tolist() == pytest.approx([-math.exp(0.6), 0.0, -math.exp(-0.1), 0.0])
+    # behaviour = old everywhere: exactly the PPO term
+    x = t(-0.9, -0.5, -1.1, -2.0)
+    torch.testing.assert_close(
+        mix_ppg(x, old, old, adv, 0.2, 0.28, 3.0), clipped_pg(x, old, adv, 0.2, 0.28, 3.0)
+    )
+
+
+def test_step_decay_controller_is_remix_lambda():
+    c = build_controller(CONTROLLERS.spec("step_decay")(kind="step_decay"))
+    # 1 until step 50, then 0.1 lower every 10 steps (ceil), floor 0.5
+    got = [c.value(k) for k in (0, 50, 51, 60, 61, 70, 90, 200)]
+    assert got == pytest.approx([1.0, 1.0, 0.9, 0.9, 0.8, 0.8, 0.6, 0.5])
+
+
+def test_coefficient_forms():
+    from tandem.config import parse_coef
+
+    assert parse_coef("0.01*lam") == ("lam", 0.01, 0.0)
+    assert parse_coef("0.01-0.01*lam") == ("lam", -0.01, 0.01)
+    assert parse_coef("1-mu") == ("mu", -1.0, 1.0)
+    with pytest.raises(ConfigError, match="coefficient"):
+        parse_coef("2+mu")
+
+
+def test_replay_rollouts_mix_fresh_and_replayed_groups_and_resume(warm_tiny, tmp_path):
+    from tandem.report.metrics import read_metrics
+    from tandem.train.loop import train, train_from_files
+
+    from .conftest import tiny_config
+
+    args = [f"model.name={warm_tiny}", "method=remix", "eval.prompts=0", "stages.mix.steps=3"]
+    train(tiny_config(tmp_path / "full", *args, "steps=4"), log=lambda s: None)
+    rows = read_metrics(tmp_path / "full/metrics.jsonl")
+    # 8 prompts per step: round(0.4·8) = 3 replayed once the replay has groups; none after
+    # the reincarnation (step 4: on-policy), where the reference restarts (KL 0)
+    assert [r["rollout/replayed_groups"] for r in rows] == [0.0, 3.0, 3.0, 0.0]
+    assert rows[2]["rollout/replay_age"] >= 1.0
+    assert [r["optim/updates"] for r in rows] == [2.0, 2.0, 2.0, 1.0]
+    assert rows[1]["rollout/items"] == 8 * 8 and rows[3]["loss/kl"] == 0.0
+    train(tiny_config(tmp_path / "part", *args, "steps=2"), log=lambda s: None)
+    train_from_files(None, ["steps=4"], resume_dir=str(tmp_path / "part"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "part/metrics.jsonl")) == strip(rows)

@@ -438,6 +438,21 @@ CASES = {
         report=("hint/len_mean",),
     ),
     # Off: every own sample kept (no best-of-n selection), the KL prior the same.
+    # Off: no replay (every group fresh), the rest of ReMix (two updates per batch, the
+    # constraint, the reincarnation at step 51) unchanged.
+    "remix": Case(
+        (),
+        ("stages.mix.objective.sources.rollouts.replay=0",),
+        "6 of 16 groups replayed at steps 2-50, two updates each; at step 51 the reference "
+        "restarts (KL 0) and training is on-policy",
+        lambda rows: (
+            all(r["rollout/replayed_groups"] == 6 for r in rows[1:50])
+            and rows[50]["rollout/replayed_groups"] == 0
+            and rows[50]["loss/kl"] == 0.0
+            and rows[50]["optim/updates"] == 1
+        ),
+        report=("rollout/replayed_groups",),
+    ),
     "superhf": Case(
         (),
         ("objective.sources.own.keep=verified",),

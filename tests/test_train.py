@@ -42,6 +42,7 @@ PRESET_ARGS = {
     "reinforce_pp_baseline": [],
     "gspo": [],
     "dapo": [],
+    "remix": ["stages.mix.steps=2"],
     "dft": [],
     "anchored_sft": [],
     "asft": [],
@@ -193,6 +194,11 @@ GOLDEN = {
         "loss/total": [1.056171, 0.370838, 0.002397],
         "optim/grad_norm": [10.46171, 1.281399, 0.762872],
         "reward/mean": [0.265625, 0.25, 0.234375],
+    },
+    "remix": {
+        "loss/total": [0.001122, -0.045799, 0.011556],
+        "optim/grad_norm": [2.637564, 3.431722, 1.974325],
+        "reward/mean": [0.265625, 0.1, 0.21875],
     },
     "rft": {
         "loss/total": [0.624337, 0.624185, 0.581117],

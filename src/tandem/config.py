@@ -13,6 +13,7 @@ each, come from their registries (`tandem.registry`): this module lists none of 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -366,13 +367,21 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 def parse_coef(coef: float | str) -> tuple[str | None, float, float]:
     """A coefficient setting as (controller name or None, scale, offset): its value is
-    offset + scale·controller (a number c: (None, 0, c); "mu": ("mu", 1, 0); "1-mu": ("mu", -1, 1))."""
+    offset + scale·controller. A number c: (None, 0, c); "mu": ("mu", 1, 0); "1-mu":
+    ("mu", -1, 1); "0.01*lam": ("lam", 0.01, 0); "0.01-0.01*lam": ("lam", -0.01, 0.01)."""
     if isinstance(coef, int | float):
         return None, 0.0, float(coef)
     text = coef.replace(" ", "")
-    if text.startswith("1-"):
-        return text[2:], -1.0, 1.0
-    return text, 1.0, 0.0
+    num = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+    m = re.fullmatch(rf"(?:({num})-)?(?:({num})\*)?([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        raise ConfigError(
+            f"coefficient {coef!r}: expected a number, a controller name, or one of "
+            "'1-name', 'c*name', 'a-c*name'"
+        )
+    offset, scale, name = m.groups()
+    c = float(scale) if scale is not None else 1.0
+    return (name, -c, float(offset)) if offset is not None else (name, c, 0.0)
 
 
 def _controller_refs(spec: BaseModel) -> list[tuple[str, str]]:

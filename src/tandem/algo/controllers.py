@@ -205,6 +205,34 @@ class Periodic(_Base):
         return 1.0 if step % self.period == self.phase else 0.0
 
 
+class StepDecaySpec(Spec):
+    """A value held, then lowered by a fixed amount every few steps, down to a floor."""
+
+    start: float = 1.0
+    by: float = 0.1
+    """Lowered by this much every `every` steps after `delay`."""
+    every: int = Field(10, ge=1)
+    delay: int = Field(50, ge=0)
+    floor: float = 0.5
+
+
+@CONTROLLERS.register("step_decay", StepDecaySpec, "held, then stepped down to a floor (ReMix λ)")
+class StepDecay(_Base):
+    """value(k) = max(start − by·⌈max(k − delay, 0)/every⌉, floor): ReMix's λ of the KL-convex
+    constraint (arXiv 2507.06892), 1 until step 50, then 0.1 lower every 10 steps, floor 0.5."""
+
+    kind = "step_decay"
+    _state_keys = ("start", "by", "every", "delay", "floor")
+
+    def __init__(self, start: float, by: float, every: int, delay: int, floor: float) -> None:
+        self.start, self.by, self.floor = float(start), float(by), float(floor)
+        self.every, self.delay = int(every), int(delay)
+
+    def value(self, step: int) -> float:
+        n = math.ceil(max(step - self.delay, 0) / self.every)
+        return max(self.start - self.by * n, self.floor)
+
+
 class TargetEntropySpec(Spec):
     """A sampling temperature that holds the rollouts' entropy at a target (AceReason's rule)."""
 

@@ -54,6 +54,7 @@ from tandem.algo.terms import (
     dft_nll,
     gspo_pg,
     kl_penalty,
+    mix_ppg,
     nll,
     one_token_rollout,
     shaped_pg,
@@ -106,6 +107,9 @@ class TokenInputs:
     """(B, T) 0/1, the tokens this term trains on (a sequence-level ratio averages over it)."""
     reward: Tensor | None = None
     """(B,) each row's reward (NaN: not scored)."""
+    behav_logp: Tensor | None = None
+    """log π_behav: the sampler's own log-prob of each sampled token, no grad (old_logp where
+    the sampler's is not known: demonstrations)."""
 
 
 @dataclass
@@ -226,6 +230,9 @@ class PgSpec(TokenTermSpec):
     prefix_entropy_keep: float = Field(1.0, gt=0.0, le=1.0)
     """Prefix-RFT: only this fraction of each row's prefix tokens, those of highest entropy,
     keep their advantage (the paper keeps 0.2); 1.0 keeps all."""
+    behaviour: bool = False
+    """ReMix's Mix-PPG: the ratio is to the policy that sampled each token (replayed samples
+    come from earlier policies) and the clip is centred at π_old/π_behav instead of 1."""
 
     def extra_needs(self) -> set[str]:
         return {"entropy"} if self.prefix_entropy_keep < 1.0 else set()
@@ -252,8 +259,17 @@ def _pg(
     off_policy: str,
     shaping_gamma: float,
     prefix_entropy_keep: float,
+    behaviour: bool,
 ):
     adv = x.adv
+    if behaviour:
+        loss = mix_ppg(x.logp, x.old_logp, x.behav_logp, adv, clip_low, clip_high, clip_ratio_c)
+        ratio = torch.exp(x.logp.detach() - x.behav_logp)
+        centre = torch.exp(x.old_logp - x.behav_logp)
+        clipped = ((ratio < centre - clip_low) & (adv < 0)) | (
+            (ratio > centre + clip_high) & (adv > 0)
+        )
+        return loss, {"clip_frac": clipped.float(), "behav_ratio": centre}
     if prefix_entropy_keep < 1.0:  # Prefix-RFT: low-entropy prefix tokens get no advantage
         prefix = x.role == ROLE_ID["prefix"]
         keep = _top_per_row(prefix, x.entropy, prefix_entropy_keep)
@@ -352,6 +368,20 @@ class KlSpec(TokenTermSpec):
 @_term("kl", KlSpec, "token", ("ref_logp",), "KL to the reference model (k1/k2/k3/k1+/k3+)")
 def _kl(x: TokenInputs, *, estimator: str):
     return kl_penalty(x.logp, x.ref_logp, estimator)
+
+
+class KlOldSpec(TokenTermSpec):
+    """KL(π_θ ‖ π_old) to the policy before this batch's first update, from the sampled token."""
+
+    estimator: KlEstimator = "k3"
+
+
+@_term("kl_old", KlOldSpec, "token", ("old_logp",), "KL to the policy before the update (ReMix)")
+def _kl_old(x: TokenInputs, *, estimator: str):
+    """The second part of ReMix's KL-convex constraint (arXiv 2507.06892): λ·KL(π_θ‖π_base) +
+    (1 − λ)·KL(π_θ‖π_{k−1}), π_{k−1} here the policy before the step's first update (the one
+    that sampled its fresh groups). Zero in value and gradient on a batch's first update."""
+    return kl_penalty(x.logp, x.old_logp, estimator)
 
 
 class EntropySpec(TokenTermSpec):

@@ -74,6 +74,39 @@ def clipped_pg(
     return torch.where(adv_BT < 0, dual_BT, loss_BT)
 
 
+def mix_ppg(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    behav_logp_BT: Tensor,
+    adv_BT: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float | None = 3.0,
+) -> Tensor:
+    """ReMix's Mix-PPG term (arXiv 2507.06892, eq. of L^Mix-PPG): for a token sampled by an
+    earlier policy π_behav,
+
+        r = π_θ / π_behav,   c = π_old / π_behav   (c ≥ 0; 1 for a fresh sample, one update)
+        ℓ = max(−A·r, −A·clip(r, c − clip_low, c + clip_high))
+
+    the generalized PPO clip around the current policy's own ratio, with the dual clip
+    (−A·clip_ratio_c as a bound for A < 0) as in `clipped_pg`. With π_behav = π_old it is
+    `clipped_pg`.
+
+    Shapes: (B, T) in, (B, T) out.
+    """
+    ratio_BT = _ratio(logp_BT, behav_logp_BT)
+    c_BT = _ratio(old_logp_BT, behav_logp_BT).clamp(min=0.0)
+    lo = (c_BT - clip_low).clamp(min=0.0)
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * torch.minimum(torch.maximum(ratio_BT, lo), c_BT + clip_high)
+    loss_BT = torch.maximum(unclipped_BT, clipped_BT)
+    if clip_ratio_c is None:
+        return loss_BT
+    dual_BT = torch.minimum(loss_BT, -adv_BT * clip_ratio_c)
+    return torch.where(adv_BT < 0, dual_BT, loss_BT)
+
+
 def unclipped_pg(logp_BT: Tensor, old_logp_BT: Tensor, adv_BT: Tensor) -> Tensor:
     """Importance-weighted policy gradient without clipping: ℓ = −A·ρ.
 

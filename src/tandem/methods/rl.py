@@ -143,3 +143,67 @@ def dapo() -> dict:
             "terms": terms,
         }
     }
+
+
+def _remix_objective(replay: float, minibatches: int, beta: float) -> dict:
+    terms = rl_terms("rollouts", behaviour=True)
+    terms["kl"] = {  # λ·KL(π_θ‖π_base) + (1 − λ)·KL(π_θ‖π_old), scaled by β
+        "kind": "kl",
+        "sources": ["rollouts"],
+        "coef": f"{beta}*lam",
+        "estimator": "k3",
+    }
+    terms["kl_old"] = {
+        "kind": "kl_old",
+        "sources": ["rollouts"],
+        "coef": f"{beta}-{beta}*lam",
+        "estimator": "k3",
+    }
+    return {
+        "sources": {"rollouts": {"kind": "replay_rollouts", "replay": replay, "window": 2}},
+        "advantage": {"kind": "grpo"},
+        "controllers": {"lam": {"kind": "step_decay", "delay": 50, "every": 10, "by": 0.1}},
+        "terms": terms,
+        "updates": [{"epochs": 1, "minibatches": minibatches}],
+    }
+
+
+@preset(
+    "remix",
+    "ReMix: replayed groups of the last 2 steps with Mix-PPG, 2 updates per batch, KL-convex "
+    "constraint, then on-policy GRPO from a reincarnated reference",
+    "Squeeze the Soaked Sponge arXiv 2507.06892",
+)
+def remix() -> dict:
+    """ReMix (arXiv 2507.06892, "Squeeze the Soaked Sponge"). The authors' repository
+    (AnitaLeungxx/ReMix-Off-Policy-RFT at 95f7396) holds evaluation scripts only, no training
+    code; this follows the paper's equations as summarized in public notes, so read it as a
+    reconstruction. Two stages:
+
+    - `mix` (the first T = 50 steps, `stages.mix.steps`): 40% of each step's groups are
+      replayed from the groups sampled in the last 2 steps (`replay_rollouts`), 60% fresh;
+      Mix-PPG (`pg` with `behaviour: true`): ratio π_θ/π_behav to the policy that sampled each
+      token, clip [c − 0.2, c + 0.2] around c = π_old/π_behav, dual clip 3; update-to-data
+      ratio 2 (two mini-batch updates per batch); the KL-convex constraint
+      β·[λ·KL(π_θ‖π_base) + (1 − λ)·KL(π_θ‖π_old)] with λ = 1 until step 50, then 0.1 lower
+      every 10 steps to 0.5 (`step_decay`), β = 0.01 (not given in the notes: chosen).
+    - `on_policy` (policy reincarnation): the reference becomes the policy at step T
+      (`reference: stage_start`) and training is on-policy GRPO (no replay, one update per
+      batch) with the same constraint; optimizer moments are kept.
+
+    GRPO advantages, token-mean. Deviations: π_{k−1} of the constraint is the policy before the
+    step's first update (the one that sampled the fresh groups), not a separate copy of the
+    previous step's model; replay is by whole groups (see `replay_rollouts`). The behaviour
+    log-probs are the sampler's at its temperature: keep the temperature at 1.
+    """
+    return {
+        "stages": {
+            "mix": {"method": "grpo", "steps": 50, "objective": _remix_objective(0.4, 2, 0.01)},
+            "on_policy": {
+                "method": "grpo",
+                "reference": "stage_start",
+                "reset_optimizer": False,
+                "objective": _remix_objective(0.0, 1, 0.01),
+            },
+        }
+    }

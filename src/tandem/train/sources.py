@@ -473,6 +473,99 @@ class Rollouts(Source):
         return items, out, rewards, counts, m
 
 
+class ReplayRolloutsSpec(RolloutsSpec):
+    """Sampled groups, part of them replayed from the last steps' rollouts (ReMix)."""
+
+    replay: float = Field(0.4, ge=0.0, lt=1.0)
+    """Fraction of each step's prompts_per_step groups taken from the replay (ReMix: 0.4;
+    60% fresh); 0 is plain rollouts."""
+    window: int = Field(2, ge=1)
+    """The replay holds the groups of this many previous steps (ReMix: 2 policy versions)."""
+
+
+@SOURCES.register(
+    "replay_rollouts",
+    ReplayRolloutsSpec,
+    "sampled groups mixed with groups replayed from the last steps (ReMix)",
+)
+class ReplayRollouts(Rollouts):
+    """ReMix's mix-policy data (arXiv 2507.06892; the authors' repository,
+    AnitaLeungxx/ReMix-Off-Policy-RFT at 95f7396, holds evaluation scripts only, so this
+    follows the paper): each step round(replay · prompts_per_step) groups are replayed, drawn
+    uniformly without replacement from the groups sampled in the last `window` steps (policies
+    π_{k−1} .. π_{k−window}), and the rest are sampled fresh from π_k. A replayed item keeps its
+    tokens, reward and the log-probs its sampler gave it (`Span.logp`), so a `pg` term with
+    `behaviour: true` weighs it by π_θ/π_behav (Mix-PPG); its advantage is recomputed with its
+    group. The replay is in every checkpoint. Deviation: the paper draws each sample's policy
+    version i ~ ν; here whole groups are replayed (a group keeps its baseline) and the
+    versions are weighted by how many groups each left. Metrics `rollout/replayed_groups`,
+    `rollout/replay_age` (mean steps since a replayed group was sampled)."""
+
+    def __init__(self, name, spec, pools, seed):
+        super().__init__(name, spec, pools, seed)
+        self.replay: list[tuple[int, list[Item]]] = []  # (step sampled, the group's items)
+
+    def draw(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        spec, sz = self.spec, env.sizes
+        self.replay = [(k, g) for k, g in self.replay if env.step - k <= spec.window]
+        n_old = min(round(spec.replay * sz.prompts_per_step), len(self.replay))
+        fresh_env = replace(env, sizes=replace(sz, prompts_per_step=sz.prompts_per_step - n_old))
+        items, m = super().draw(fresh_env)
+        rng = random.Random(f"{self.seed}:{env.step}:{self.name}:replay")
+        old = rng.sample(self.replay, n_old)
+        next_group = max((it.group for it in items), default=-1) + 1
+        for j, (_, group) in enumerate(old):
+            items += [replace(it, group=next_group + j, spans=list(it.spans)) for it in group]
+        by: dict[int, list[Item]] = {}
+        for it in items[: len(items) - sum(len(g) for _, g in old)]:
+            by.setdefault(it.group, []).append(it)
+        self.replay += [(env.step, [_stored(it) for it in g]) for g in by.values()]
+        m["rollout/replayed_groups"] = float(n_old)
+        m["rollout/replay_age"] = sum(env.step - k for k, _ in old) / n_old if n_old else 0.0
+        return items, m
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        out["replay"] = [(k, [_item_state(it) for it in g]) for k, g in self.replay]
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.replay = [(int(k), [_item_from_state(d) for d in g]) for k, g in state["replay"]]
+
+
+def _stored(it: Item) -> Item:
+    """A copy of a sampled item for a replay: its own spans, weight 1 (a source's `weight`
+    applies again when it is drawn)."""
+    if it.inputs:
+        raise TandemError("a replay of items with extra model inputs (images) is not supported")
+    return replace(it, spans=[replace(s) for s in it.spans], weight=1.0, meta=dict(it.meta))
+
+
+def _item_state(it: Item) -> dict[str, Any]:
+    ex = it.example
+    return {
+        "spans": [(s.ids, s.role, s.logp, s.weights) for s in it.spans],
+        "source": it.source,
+        "group": it.group,
+        "reward": it.reward,
+        "finished": it.finished,
+        "example": None if ex is None else {**ex.__dict__, "wrong": list(ex.wrong)},
+    }
+
+
+def _item_from_state(d: dict[str, Any]) -> Item:
+    ex = d["example"]
+    return Item(
+        [Span(list(i), r, lp, w) for i, r, lp, w in d["spans"]],
+        d["source"],
+        group=int(d["group"]),
+        reward=d["reward"],
+        finished=bool(d["finished"]),
+        example=None if ex is None else Example(**{**ex, "wrong": tuple(ex["wrong"])}),
+    )
+
+
 def _overlong(length: int, max_new_tokens: int, buffer_frac: float, penalty: float) -> float:
     """DAPO's overlong reward shaping (arXiv 2503.14476; verl `DAPORewardManager`): with
     L_buf = round(buffer_frac · max_new_tokens) and L_exp = max_new_tokens − L_buf, a response of

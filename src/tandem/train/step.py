@@ -452,9 +452,10 @@ def _term_value(t: Term, out, mb: Batch, norm: Normalizer, prepared: dict | None
     mask = mb.mask(t.sources, t.roles, t.spec.rows)
     n = mb.needs
     if t.kind.level == "token":
+        old = n["old_logp_BT"] if "old_logp_BT" in n else out.logp.detach()
         x = TokenInputs(
             logp=out.logp,
-            old_logp=n["old_logp_BT"] if "old_logp_BT" in n else out.logp.detach(),
+            old_logp=old,
             adv=mb.adv_BT,
             role=mb.role_BT,
             ref_logp=n.get("ref_logp_BT"),
@@ -466,6 +467,7 @@ def _term_value(t: Term, out, mb: Batch, norm: Normalizer, prepared: dict | None
             ref_vocab_logp=n.get("ref_vocab_logp_BTV"),
             mask=mask,
             reward=mb.reward_B,
+            behav_logp=_behav_logp(mb, old),
         )
         res = t.kind.fn(x, **t.params)
         loss_BT, stats = res if isinstance(res, tuple) else (res, {})
@@ -505,6 +507,11 @@ def _term_value(t: Term, out, mb: Batch, norm: Normalizer, prepared: dict | None
     value = (loss_P * mb.weight_B[w_P]).sum() / max(norm.n_seqs, 1.0)
     stats = {**stats, "accuracy": (stats["margin"] > 0).float()} if "margin" in stats else stats
     return value, {k: (float(v.sum()), float(len(w_P))) for k, v in stats.items()}
+
+
+def _behav_logp(mb: Batch, old_BT: torch.Tensor) -> torch.Tensor:
+    """The sampler's log-probs where known (sampled tokens), the old ones elsewhere."""
+    return torch.where(mb.behav_mask_BT.bool(), mb.behav_logp_BT, old_BT)
 
 
 def _pair_rows(mb: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
