@@ -151,6 +151,8 @@ def test_registry_and_seed():
         "periodic",
         "target_entropy",
         "tldr",
+        "step_decay",
+        "amft",
     }
     with pytest.raises(ConfigError, match="warmup_cosine"):
         CONTROLLERS.get("linear")

@@ -387,3 +387,57 @@ def test_replay_rollouts_mix_fresh_and_replayed_groups_and_resume(warm_tiny, tmp
     train_from_files(None, ["steps=4"], resume_dir=str(tmp_path / "part"))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
     assert strip(read_metrics(tmp_path / "part/metrics.jsonl")) == strip(rows)
+
+
+def test_amft_controller_update_by_hand():
+    spec = CONTROLLERS.spec("amft")(kind="amft", meta_lr=2.0, entropy_lr=0.1, every=2)
+    c = build_controller(spec)
+    assert c.dots_at(0) and not c.dots_at(1) and c.grad_dots == ("val", ("sft", "pg"))
+    # step 0: target entropy set from the first entropy (1.2): no push; meta-gradient
+    #   dL/dμ = −α·(d_sft − d_rl) = −0.01·(3 − (−1)) = −0.04; μ = 0.5 − 2·(−0.04) = 0.58
+    c.update(
+        0, {"rollout/entropy": 1.2, "grad_dot/sft": 3.0, "grad_dot/pg": -1.0, "optim/lr": 0.01}
+    )
+    assert c.value(1) == pytest.approx(0.58, abs=TOL)
+    # step 1: no dots; entropy fell to 0.7: μ += 0.1·(1.2 − 0.7) = 0.05
+    c.update(1, {"rollout/entropy": 0.7, "optim/lr": 0.01})
+    assert c.value(2) == pytest.approx(0.63, abs=TOL)
+    # clipped to [min, max] = [0.05, 0.95]
+    c.update(
+        2, {"rollout/entropy": 1.2, "grad_dot/sft": 100.0, "grad_dot/pg": 0.0, "optim/lr": 1.0}
+    )
+    assert c.value(3) == pytest.approx(0.95, abs=TOL)
+    again = build_controller(spec)
+    again.load_state_dict(c.state_dict())
+    assert again.value(3) == c.value(3) and again.target == 1.2
+
+
+def test_grad_dot_of_a_term_with_its_own_data_is_its_squared_gradient_norm(tmp_path):
+    """The held-out source draws the same examples as the SFT source at step 0 (both on the
+    `demos` stream, the same seeded order), so g_val = ∇L_sft: grad_dot/sft = ‖∇L_sft‖²,
+    which is the step's (unclipped) gradient norm squared when μ = 1 turns the PG term off."""
+    from tandem.report.metrics import read_metrics
+    from tandem.train.loop import train
+
+    from .conftest import tiny_config
+
+    out = tmp_path / "run"
+    o = "stages.adaptive.objective"
+    train(
+        tiny_config(
+            out,
+            "method=amft",
+            "steps=1",
+            "stages.warmup=null",
+            "eval.prompts=0",
+            "grad_clip=0",
+            f"{o}.sources.demos.stream=demos",
+            f"{o}.sources.val.stream=demos",
+            f"{o}.controllers.mu={{kind: amft, init: 1.0, max: 1.0}}",
+        ),
+        log=lambda s: None,
+    )
+    (r,) = [r for r in read_metrics(out / "metrics.jsonl") if "loss/total" in r]
+    assert "grad_dot/pg" not in r  # coefficient 1 − μ = 0: not active
+    assert r["grad_dot/val_loss"] == pytest.approx(r["loss/sft"], rel=1e-6)
+    assert r["grad_dot/sft"] == pytest.approx(r["optim/grad_norm"] ** 2, rel=1e-4)

@@ -205,10 +205,10 @@ def test_several_updates_use_real_ratios_against_a_written_out_ppo(
     real = step_mod._update
     seen = []
 
-    def checked(st_, stage, batch, terms, coefs, opt, first, prepared):
+    def checked(st_, stage, batch, terms, coefs, opt, first, prepared, val=None):
         with torch.no_grad():
             want, dev = _reference_ppo_pg_loss(st_.model, batch)
-        got = real(st_, stage, batch, terms, coefs, opt, first, prepared)
+        got = real(st_, stage, batch, terms, coefs, opt, first, prepared, val)
         seen.append((float(want), got["loss/pg"], dev))
         return got
 
@@ -346,7 +346,7 @@ def test_full_vocabulary_need_filled_only_when_asked(warm_tiny, tmp_path):
     seen = {}
     real = step_mod._update
 
-    def capture(st_, stage, batch, terms, coefs, opt, first, prepared):
+    def capture(st_, stage, batch, terms, coefs, opt, first, prepared, val=None):
         seen["batch"] = batch
         with torch.no_grad():
             logits = st_.model(
@@ -359,7 +359,7 @@ def test_full_vocabulary_need_filled_only_when_asked(warm_tiny, tmp_path):
         m = batch.target_mask_BT[:, 1:]
         kl = (rp.exp() * (rp - lp)).sum(-1)
         seen["want"] = float((kl * m).sum() / m.sum())
-        return real(st_, stage, batch, terms, coefs, opt, first, prepared)
+        return real(st_, stage, batch, terms, coefs, opt, first, prepared, val)
 
     step_mod._update = capture
     try:

@@ -453,6 +453,28 @@ CASES = {
         ),
         report=("rollout/replayed_groups",),
     ),
+    # 10 SFT warm-up steps (the model is already SFT-warmed; the preset's 50 would leave 10 RL
+    # steps), then 50 adaptive steps with a meta-gradient every 5 and η_μ 20 (the authors'
+    # 1e-4 is for a 7B model's gradient dot products; here μ would move by ~1e-6). Off: μ fixed
+    # at 0.5 (no meta-gradient, no entropy rule): a constant 50/50 mix.
+    "amft": Case(
+        (
+            "stages.warmup.steps=10",
+            "stages.adaptive.objective.controllers.mu.every=5",
+            "stages.adaptive.objective.controllers.mu.meta_lr=20",
+        ),
+        (
+            "stages.warmup.steps=10",
+            "stages.adaptive.objective.controllers.mu.meta_lr=0",
+            "stages.adaptive.objective.controllers.mu.entropy_lr=0",
+        ),
+        "meta-gradient every 5 adaptive steps (grad_dot logged on 10 steps); μ moves from 0.5",
+        lambda rows: (
+            len(_logged(rows, "grad_dot/sft")) == 10
+            and abs(_logged(rows, "ctl/mu/mu")[-1] - 0.5) > 0.01
+        ),
+        report=("ctl/mu/mu",),
+    ),
     "superhf": Case(
         (),
         ("objective.sources.own.keep=verified",),

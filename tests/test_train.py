@@ -43,6 +43,7 @@ PRESET_ARGS = {
     "gspo": [],
     "dapo": [],
     "remix": ["stages.mix.steps=2"],
+    "amft": ["stages.warmup.steps=1", "stages.adaptive.objective.controllers.mu.every=1"],
     "dft": [],
     "anchored_sft": [],
     "asft": [],
@@ -71,6 +72,11 @@ PRESET_ARGS = {
 # gradient, not only the samples (a ratio-1 policy-gradient loss is just -mean(A)). Regenerate with `python -m tests.test_train` after an
 # intentional change of the math, and say why in the commit.
 GOLDEN = {
+    "amft": {
+        "loss/total": [0.647195, 0.303086, 0.292571],
+        "optim/grad_norm": [2.91596, 2.673811, 1.207149],
+        "reward/mean": [None, 0.203125, 0.21875],
+    },
     "adaptive_mix": {
         "loss/total": [0.428415, 0.432832, 0.50152],
         "optim/grad_norm": [2.190857, 4.545055, 6.775312],

@@ -451,6 +451,9 @@ def check_objective(obj: ObjectiveConfig, where: str, sizes: dict[str, Any]) -> 
                     f"controllers.{name}",
                     f"reads term {term!r}, which is not a term: {list(obj.terms)}",
                 )
+        val = getattr(c, "val_source", None)
+        if val is not None and val not in obj.sources:
+            fail(f"controllers.{name}.val_source", f"unknown source {val!r}; sources: {srcs}")
 
 
 def _stage_sizes(cfg: RunConfig, st: StageConfig) -> dict[str, Any]:

@@ -29,6 +29,14 @@ class Controller(Protocol):
     """What the training step needs from a coefficient controller."""
 
     wants_grad_norms: tuple[str, ...]
+    grad_dots: tuple[str, tuple[str, ...]] | None
+    """(a source, terms): at steps where `dots_at` is true the step draws that source (no term
+    trains on it), takes the gradient g_val of its token-mean NLL, and logs
+    ``grad_dot/<term>`` = g_term · g_val for each term (AMFT's look-ahead)."""
+
+    def dots_at(self, step: int) -> bool:
+        """Whether step ``step`` (counted from the stage's first) measures `grad_dots`."""
+        ...
 
     def value(self, step: int) -> float:
         """The coefficient at step ``step`` (counted from the stage's first step)."""
@@ -58,7 +66,11 @@ class _Base:
 
     kind = ""
     wants_grad_norms: tuple[str, ...] = ()
+    grad_dots: tuple[str, tuple[str, ...]] | None = None
     _state_keys: tuple[str, ...] = ()
+
+    def dots_at(self, step: int) -> bool:
+        return False
 
     def update(self, step: int, stats: dict[str, float]) -> None:
         return None
@@ -231,6 +243,100 @@ class StepDecay(_Base):
     def value(self, step: int) -> float:
         n = math.ceil(max(step - self.delay, 0) / self.every)
         return max(self.start - self.by * n, self.floor)
+
+
+class AmftSpec(Spec):
+    """μ of L = (1 − μ)·L_RL + μ·L_SFT, learned by a one-step look-ahead meta-gradient."""
+
+    init: float = Field(0.5, ge=0.0, le=1.0)
+    """μ at the stage's first step (AMFT's README: 0.5; its config: 0.8)."""
+    meta_lr: float = Field(1e-4, ge=0.0)
+    """η_μ of the meta-gradient step (AMFT: 1e-4, for a 7B model's gradient dot products;
+    small models need far larger: the bundled recipe and the learning test say theirs)."""
+    entropy_lr: float = Field(5e-4, ge=0.0)
+    """Per step, μ += entropy_lr·(H_target − H): more imitation when entropy falls."""
+    target_entropy: float | None = None
+    """H_target; null: the first step's `rollout/entropy` (AMFT measures it after warm-up)."""
+    every: int = Field(20, ge=1)
+    """Meta-gradient steps: one in `every` (AMFT's meta_update_freq 20)."""
+    min: float = Field(0.05, ge=0.0, le=1.0)
+    max: float = Field(0.95, ge=0.0, le=1.0)
+    sft_term: str = "sft"
+    rl_term: str = "pg"
+    val_source: str = "val"
+    """The source whose token-mean NLL is the held-out objective (a `demos` source on the
+    `held_out` stream)."""
+
+
+@CONTROLLERS.register("amft", AmftSpec, "μ by a look-ahead meta-gradient + entropy (AMFT)")
+class Amft(_Base):
+    """AMFT's μ (arXiv 2508.06944), checked against TSYJ-He/AMFT (0e030f4,
+    `src/controller/adaptive_weight_controller.py`): with θ' = θ − α·[(1 − μ)·g_RL + μ·g_SFT]
+    one look-ahead step, dL_val(θ')/dμ ≈ −α·g_val·(g_SFT − g_RL) to first order, so every
+    `every` steps μ ← μ − η_μ·dL_val/dμ = μ + η_μ·α·g_val·(g_SFT − g_RL): μ rises when the
+    SFT gradient helps the held-out NLL more than the RL gradient does. Every step also
+    μ += entropy_lr·(H_target − H) (H = `rollout/entropy`), then μ is clipped to [min, max].
+    The held-out objective is the validation NLL, as the authors' code (its `val_utility_loss`
+    is a cross-entropy on validation labels), and g_val, g_SFT, g_RL are measured by the step
+    (`grad_dots`: logged `grad_dot/<term>`). Deviations: the authors' code adds η·(−α·dot),
+    i.e. it climbs the validation loss (a sign slip by the derivation above); here μ descends
+    it. The look-ahead uses the PG term's gradient only (the RL entropy bonus is left out).
+    α is the step's learning rate (`optim/lr`). Metrics: `mu`, `meta_grad` (the last
+    dL_val/dμ), `entropy_push`."""
+
+    kind = "amft"
+    _state_keys = ("mu", "target", "last_meta", "last_push")
+
+    def __init__(
+        self,
+        init: float,
+        meta_lr: float,
+        entropy_lr: float,
+        target_entropy: float | None,
+        every: int,
+        min: float,
+        max: float,
+        sft_term: str,
+        rl_term: str,
+        val_source: str,
+    ) -> None:
+        if min > max:
+            raise ConfigError(f"amft: min ({min}) must not exceed max ({max})")
+        self.mu, self.target = float(init), target_entropy
+        self.meta_lr, self.entropy_lr, self.every = meta_lr, entropy_lr, every
+        self.lo, self.hi = min, max
+        self.sft_term, self.rl_term = sft_term, rl_term
+        self.grad_dots = (val_source, (sft_term, rl_term))
+        self.last_meta = 0.0
+        self.last_push = 0.0
+
+    @staticmethod
+    def reads_terms(spec: AmftSpec) -> tuple[str, ...]:
+        return (spec.sft_term, spec.rl_term)
+
+    def dots_at(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def value(self, step: int) -> float:
+        return self.mu
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        h = stats.get("rollout/entropy")
+        if self.target is None and h is not None:
+            self.target = h
+        d_sft = stats.get(f"grad_dot/{self.sft_term}")
+        d_rl = stats.get(f"grad_dot/{self.rl_term}")
+        mu = self.mu
+        if d_sft is not None and d_rl is not None:
+            self.last_meta = -stats["optim/lr"] * (d_sft - d_rl)  # dL_val/dμ
+            mu -= self.meta_lr * self.last_meta
+        if h is not None and self.target is not None:
+            self.last_push = self.entropy_lr * (self.target - h)
+            mu += self.last_push
+        self.mu = min(max(mu, self.lo), self.hi)
+
+    def metrics(self) -> dict[str, float]:
+        return {"mu": self.mu, "meta_grad": self.last_meta, "entropy_push": self.last_push}
 
 
 class TargetEntropySpec(Spec):

@@ -331,3 +331,54 @@ def visurf() -> dict:
             "terms": terms,
         }
     }
+
+
+@preset(
+    "amft",
+    "AMFT: SFT warm-up, then (1 − μ)·GRPO + μ·SFT with μ learned by a look-ahead "
+    "meta-gradient on held-out NLL and an entropy rule",
+    "AMFT arXiv 2508.06944; TSYJ-He/AMFT",
+)
+def amft() -> dict:
+    """AMFT (arXiv 2508.06944; withdrawn by its authors in v3, so read as a method, not a
+    result), checked against TSYJ-He/AMFT (0e030f4), whose code is a sketch (its rollouts
+    return random tensors; it does not run), so the update rule is taken from
+    `adaptive_weight_controller.py` and the loss from `amft_trainer.py`:
+
+    - `warmup`: SFT for 50 steps (`warmup_steps` 50).
+    - `adaptive`: L = (1 − μ)·[PG − 0.01·H] + μ·NLL(demos), μ from the `amft` controller
+      (init 0.5, clipped to [0.05, 0.95]): every 20 steps the look-ahead meta-gradient
+      μ ← μ + η_μ·α·g_val·(g_SFT − g_RL) on the token-mean NLL of held-out demonstrations
+      (the `held_out` stream: about 1/8 of the demonstrations, which the `fit` and
+      `fit_demos` streams the training sources draw from never contain), and every step
+      μ += 5e-4·(H_target − H), H the rollouts' entropy and H_target its value at the
+      stage's first step.
+
+    η_μ = 1e-4 as the authors' (for a 7B model); the tiny model's gradient dot products are far
+    smaller, so its learning test sets its own (docs/methods.md). Deviations: GRPO advantages
+    instead of the code's PPO with a value head and GAE; μ descends the held-out loss (the
+    code's update climbs it, see `tandem.algo.controllers.Amft`); the look-ahead uses the PG
+    term's gradient without the entropy bonus.
+    """
+    return {
+        "stages": {
+            "warmup": {"method": "sft", "steps": 50},
+            "adaptive": {
+                "method": "grpo",
+                "reset_optimizer": False,
+                "objective": {
+                    "sources": {
+                        "rollouts": {"kind": "rollouts", "stream": "fit"},
+                        "demos": {"kind": "demos", "stream": "fit_demos"},
+                        "val": {"kind": "demos", "stream": "held_out"},
+                    },
+                    "controllers": {"mu": {"kind": "amft"}},
+                    "terms": {
+                        "pg": {"coef": "1-mu"},
+                        "entropy": {"coef": "0.01-0.01*mu"},
+                        "sft": {"kind": "nll", "sources": ["demos"], "coef": "mu"},
+                    },
+                },
+            },
+        }
+    }

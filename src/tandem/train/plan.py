@@ -74,10 +74,20 @@ class Stage:
     def active_terms(self, coefs: dict[str, float]) -> list[Term]:
         return [t for t in self.terms.values() if t.coef(coefs) != 0.0]
 
-    def sources_for(self, terms: list[Term], coefs: dict[str, float]) -> list[Source]:
-        """The sources some active term trains on (and whose `when` controller is on), in
-        their listed order."""
-        used = {s for t in terms for s in t.sources}
+    def dot_request(self, step: int) -> tuple[str, tuple[str, ...]] | None:
+        """(held-out source, terms) when a controller measures gradient dot products at global
+        step `step` (AMFT), else None."""
+        for c in self.controllers.values():
+            if c.grad_dots is not None and c.dots_at(step - self.start):
+                return c.grad_dots
+        return None
+
+    def sources_for(
+        self, terms: list[Term], coefs: dict[str, float], extra: tuple[str, ...] = ()
+    ) -> list[Source]:
+        """The sources some active term trains on (and whose `when` controller is on), and the
+        `extra` ones (a held-out source a controller reads), in their listed order."""
+        used = {s for t in terms for s in t.sources} | set(extra)
         out = []
         for name, src in self.sources.items():
             when = src.spec.when

@@ -30,6 +30,7 @@ when the named controller's value is above 0. Sampling randomness is a pure func
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import random
 import time
@@ -52,8 +53,23 @@ from tandem.train.selection import SELECTORS, build_selector
 
 def example_pools(train_pool: list[Example]) -> dict[str, list[Example]]:
     """The streams sources draw from, by name: `train` (every training example) and `demos`
-    (those with a gold solution). A stream's order is a function of (seed, its name, epoch)."""
-    return {"train": train_pool, "demos": [ex for ex in train_pool if ex.solution is not None]}
+    (those with a gold solution); for methods that need data the update never trains on
+    (AMFT's validation gradient): `held_out` (every demonstration whose id hashes to 0 mod 8,
+    about 1/8), `fit` and `fit_demos` (`train` and `demos` without them). A stream's order
+    is a function of (seed, its name, epoch)."""
+    demos = [ex for ex in train_pool if ex.solution is not None]
+    held = {ex.id for ex in demos if _stable_hash(ex.id) % 8 == 0}
+    return {
+        "train": train_pool,
+        "demos": demos,
+        "held_out": [ex for ex in demos if ex.id in held],
+        "fit": [ex for ex in train_pool if ex.id not in held],
+        "fit_demos": [ex for ex in demos if ex.id not in held],
+    }
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "big")
 
 
 @dataclass(frozen=True)
@@ -142,7 +158,8 @@ class Source:
             )
         if not pools[stream]:
             raise TandemError(
-                f"source {name} needs examples with a gold solution, but the task has none"
+                f"source {name}: its stream {stream!r} is empty (demos, fit_demos and held_out "
+                "need examples with a gold solution)"
             )
         self.stream = ExampleStream(pools[stream], seed, stream)
         self.selector = build_selector(spec.select, pools[stream], seed)

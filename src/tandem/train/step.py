@@ -79,7 +79,8 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
     # 1. experience: every source an active term trains on, in order (a buffer sees the rest)
     items: list[Item] = []
     per_source: list[tuple[str, dict[str, float]]] = []
-    for src in stage.sources_for(terms, coefs):
+    dots = stage.dot_request(k)
+    for src in stage.sources_for(terms, coefs, extra=(dots[0],) if dots else ()):
         got, sm = src.make(_draw_env(st, stage, k, coefs, items))
         items += got
         per_source.append((src.name, sm))
@@ -97,6 +98,10 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
         if "adv" in needs:
             m |= _set_advantages(stage, batch)
         prepared = _prepare(batch, [t for phase in plan for t in phase[0]])
+        val = None
+        if dots:  # the held-out rows a controller's gradient dot products are taken against
+            vrows = [i for i, s in enumerate(batch.source_B) if s == dots[0]]
+            val = (batch.rows(vrows), frozenset(dots[1])) if vrows else None
 
         # 3. updates: each phase's terms, epochs x mini-batches, one optimizer step each
         stats: dict[str, list[float]] = defaultdict(list)
@@ -110,7 +115,15 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
                 parts = minibatches(sub, phase.minibatches, gen) if phase.minibatches > 1 else None
                 for part in parts or [list(range(sub.size))]:
                     um = _update(
-                        st, stage, sub.rows(part), phase_terms, coefs, opt, n_upd == 0, prepared
+                        st,
+                        stage,
+                        sub.rows(part),
+                        phase_terms,
+                        coefs,
+                        opt,
+                        n_upd == 0,
+                        prepared,
+                        val if n_upd == 0 else None,
                     )
                     for key, v in um.items():
                         stats[key].append(v)
@@ -361,13 +374,18 @@ def _update(
     opt: torch.optim.Optimizer,
     first: bool,
     prepared: dict[str, dict[str, torch.Tensor]],
+    val: tuple[Batch, frozenset[str]] | None = None,
 ) -> dict[str, float]:
     """One optimizer update on `batch` over `terms`: normalizers on the whole batch, forward and
-    backward per micro-batch (gradients accumulate), clip, step."""
+    backward per micro-batch (gradients accumulate), clip, step. With `val` = (held-out rows,
+    term names), also g_term · g_val for those terms, g_val the gradient of the held-out rows'
+    token-mean NLL (logged `grad_dot/<term>`, `grad_dot/val_loss`)."""
     cfg = st.cfg
     norms = {t.name: _normalizer(batch, t, stage.sizes.max_new_tokens) for t in terms}
     measure = [t for t in terms if t.name in stage.grad_norm_terms]
-    groups = [[t] for t in terms] if measure else [terms]
+    dot_terms = val[1] if val else frozenset()
+    split = bool(measure) or bool(dot_terms)
+    groups = [[t] for t in terms] if split else [terms]
     params = [p for g in opt.param_groups for p in g["params"]]
     out_m: dict[str, float] = defaultdict(float)
     stat_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -375,10 +393,13 @@ def _update(
     st.model.train()
     opt.zero_grad(set_to_none=True)
     with st.backend.update() as casts:
+        g_val = None
+        if val is not None:
+            g_val, out_m["grad_dot/val_loss"] = _val_grad(st, val[0], params)
         for gi, group in enumerate(groups):
             sub = batch.rows(_rows_of(batch, group))
             chunks = microbatches(sub, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
-            prev = _stash_grads(params) if measure else None
+            prev = _stash_grads(params) if split else None
             wants = {x for t in group for x in t.needs}
             mixer = next((t for t in group if "ift_inputs" in t.needs), None)
             for ci, idx in enumerate(chunks):
@@ -408,9 +429,13 @@ def _update(
                 if gi == len(groups) - 1 and ci == len(chunks) - 1:
                     casts.close()  # before the last backward: let the shared bf16 weights go
                 loss.backward()
-            if measure:
-                c = abs(group[0].coef(coefs)) or 1.0
-                out_m[f"grad_norm/{group[0].name}"] = _merge_grads(params, prev) / c
+            if split:
+                name, c = group[0].name, group[0].coef(coefs) or 1.0
+                if name in dot_terms and g_val is not None:  # the term's own gradient · g_val
+                    out_m[f"grad_dot/{name}"] = _dot(params, g_val) / c
+                norm = _merge_grads(params, prev) / abs(c)
+                if name in stage.grad_norm_terms:
+                    out_m[f"grad_norm/{name}"] = norm
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
@@ -524,6 +549,29 @@ def _pair_rows(mb: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     dev = mb.device
     w_P = torch.tensor([chosen[p] for p in both], dtype=torch.long, device=dev)
     return w_P, torch.tensor([rejected[p] for p in both], dtype=torch.long, device=dev)
+
+
+def _val_grad(st: RunState, val: Batch, params: list[torch.Tensor]):
+    """(the gradient of the held-out rows' token-mean NLL, its value); the parameters' grads
+    are left empty."""
+    n = float(val.target_mask_BT.sum()) or 1.0
+    total = 0.0
+    for idx in microbatches(val, st.cfg.tokens_per_microbatch, by_prompt=False):
+        mb = val.rows(idx)
+        out = st.backend.forward(st.model, mb)
+        loss = -(out.logp * mb.target_mask_BT).sum() / n
+        loss.backward()
+        total += float(loss.detach())
+    return _stash_grads(params), total
+
+
+def _dot(params: list[torch.Tensor], other: list[torch.Tensor | None]) -> float:
+    """Σ_p ⟨p.grad, other_p⟩ over the parameters where both exist."""
+    out = 0.0
+    for p, g in zip(params, other):
+        if p.grad is not None and g is not None:
+            out += float((p.grad.double() * g.double()).sum())
+    return out
 
 
 def _stash_grads(params: list[torch.Tensor]) -> list[torch.Tensor | None]:
