@@ -182,6 +182,25 @@ SIZE_FIELDS = (
 )
 
 
+class RewardConfig(_Strict):
+    """How completions are scored: in worker processes with limits, so that a verifier or a
+    reward function that raises, hangs, exhausts memory or returns garbage cannot harm the
+    run (`tandem.rewards.pool`)."""
+
+    function: str | None = None
+    """A reward function of your own, `path/to/file.py:name`, called as
+    name(prompt, completion, answer) -> float in [0, 1]; it replaces the task's verifier.
+    Null: the task's verifier."""
+    workers: int = Field(2, ge=0)
+    """Worker processes; 0 scores in the trainer's process (no memory or time isolation)."""
+    timeout_s: float = Field(10.0, gt=0.0)
+    """Per completion; a worker past it is killed and replaced."""
+    memory_mb: int = Field(2048, ge=64)
+    """Address-space limit of each worker."""
+    on_error: Literal["zero", "drop"] = "zero"
+    """An item whose scoring failed gets reward 0, or is dropped from the batch."""
+
+
 class EvalConfig(_Strict):
     every: int = Field(10, ge=0)
     """Evaluate every N steps (0: only before and after training)."""
@@ -216,6 +235,7 @@ class RunConfig(_Strict):
     """A run of several stages, in order (filled by a pipeline preset, or given): stage name
     -> its method, steps and settings. Empty for a single-stage run."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rewards: RewardConfig = Field(default_factory=RewardConfig)
 
     steps: int = Field(20, ge=0)
     """Training steps (batches) of the whole run; a step may hold several optimizer updates
@@ -254,6 +274,9 @@ class RunConfig(_Strict):
     save_every: int = Field(0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(3, ge=1)
+    """A step whose loss or gradient is not finite is skipped (no optimizer update); after
+    this many in a row the run stops, its last checkpoint intact."""
     tensorboard: bool = True
     progress: bool = True
     """Show a progress bar (otherwise one log line per step)."""
