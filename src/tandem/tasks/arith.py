@@ -35,12 +35,26 @@ PARAMS = {
 STYLES = ("chat", "plain")
 MAX_DIGITS = 18
 
-# name -> (symbol, number of operands, function, description)
+
+def _add(xs: list[int]) -> int:
+    return xs[0] + xs[1]
+
+
+def _sub(xs: list[int]) -> int:
+    return xs[0] - xs[1]
+
+
+def _mul(xs: list[int]) -> int:
+    return xs[0] * xs[1]
+
+
+# name -> (symbol, number of operands, function, description); module-level functions, so a
+# task pickles by reference into the reward workers (`tandem.rewards.pool`)
 FAMILIES: dict[str, tuple[str, int, Callable[[list[int]], int], str]] = {
-    "add": ("+", 2, lambda xs: xs[0] + xs[1], "add two integers ('What is 23 + 45?')"),
-    "sub": ("-", 2, lambda xs: xs[0] - xs[1], "subtract two integers, a >= b ('What is 45 - 23?')"),
-    "mul": ("*", 2, lambda xs: xs[0] * xs[1], "multiply two integers ('What is 23 * 45?')"),
-    "chain": ("+", 3, lambda xs: sum(xs), "add three integers ('What is 12 + 34 + 56?')"),
+    "add": ("+", 2, _add, "add two integers ('What is 23 + 45?')"),
+    "sub": ("-", 2, _sub, "subtract two integers, a >= b ('What is 45 - 23?')"),
+    "mul": ("*", 2, _mul, "multiply two integers ('What is 23 * 45?')"),
+    "chain": ("+", 3, sum, "add three integers ('What is 12 + 34 + 56?')"),
 }
 
 

@@ -45,6 +45,7 @@ from tandem.encode import Encoder
 from tandem.errors import TandemError
 from tandem.experience import Item, Span
 from tandem.registry import Registry, Spec
+from tandem.rewards.pool import dropped as _dropped
 from tandem.tasks.base import Example, Score, Task
 from tandem.train import pruning as _pruning  # noqa: F401  (registers uds, donod)
 from tandem.train.data import ExampleStream
@@ -239,6 +240,7 @@ class Source:
             logps.append(list(lp))
             fins.append(fin)
         scores, counts = env.score(exs, [enc.decode(pre + c) for pre, c in zip(prefixes, comps)])
+        counts = {**counts, "dropped": sum(map(_dropped, scores))}
         self.observe(exs, [s.reward for s in scores], env.step)
         rewards = [s.reward for s in scores]
         m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0) | self.selected
@@ -258,6 +260,7 @@ class Source:
                     example=ex,
                 )
             )
+        items = [it for it, s in zip(items, scores) if not _dropped(s)]  # on_error: drop
         return items, m, rewards
 
 
@@ -291,6 +294,8 @@ def _score_metrics(
     m["reward/std"] = r.std().item() if len(r) > 1 else 0.0
     m["reward/errors"] = float(counts["errors"])
     m["reward/timeouts"] = float(counts["timeouts"])
+    for key in ("crashes", "restarts", "dropped"):  # reward workers (`tandem.rewards.pool`)
+        m[f"reward/{key}"] = float(counts.get(key, 0))
     lens = torch.tensor([len(c) for c in out.completions], dtype=torch.float32)
     m["rollout/len_mean"] = lens.mean().item()
     lps = [x for lp in out.logprobs for x in lp]
@@ -372,7 +377,7 @@ class Rollouts(Source):
         items: list[Item] = []
         outs: list[Rollout] = []
         rewards: list[float] = []
-        counts = {"errors": 0, "timeouts": 0}
+        counts = dict.fromkeys(("errors", "timeouts", "crashes", "restarts", "dropped"), 0)
         draws = n_informative = 0
         demo_means: list[float] = []
         dropped_demos = 0.0
@@ -383,7 +388,7 @@ class Rollouts(Source):
             outs.append(out)
             rewards += r
             for key in counts:
-                counts[key] += c[key]
+                counts[key] += c.get(key, 0)
             demo_means += dm.get("demo_means", [])
             dropped_demos += sum(dm.get("demos_dropped", []))
             if want is None:
@@ -463,7 +468,9 @@ class Rollouts(Source):
                 example=exs[i],
             )
             for i, c in enumerate(out.completions)
+            if not _dropped(scores[i])  # on_error: drop (tandem.rewards.pool)
         ]
+        counts = {**counts, "dropped": sum(map(_dropped, scores))}
         if spec.demos:
             demo_exs = [ex for ex in prompts for _ in range(spec.demos)]
             demo_scores, _ = env.score(demo_exs, [ex.solution or "" for ex in demo_exs])
