@@ -44,7 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         overrides = ([args.recipe] if args.recipe else []) + args.overrides
-        summary = train_from_files(None, overrides, resume_dir=args.resume)
+        summary = train_from_files(
+            None, overrides, resume_dir=args.resume, accept_config_change=args.accept_config_change
+        )
     elif args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         # no recipe file: defaults plus overrides (`tandem train method=sft steps=5 ...`)
         summary = train_from_files(None, [args.recipe, *args.overrides])
@@ -177,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+    )
+    t.add_argument(
+        "--accept-config-change",
+        action="store_true",
+        help="with --resume: go on with a config that differs from the checkpoint's (otherwise "
+        "refused with the list of changes; steps, save_every and reporting may always change)",
     )
     t.set_defaults(fn=cmd_train)
 

@@ -8,16 +8,28 @@ Layout of RUN_DIR/checkpoints/step_000010/:
                 with `reference: stage_start`)
   value_head.safetensors   the PPO value head, when the run has one
 
+  manifest.json  every other file's size and SHA-256, written last
+
 A checkpoint is written into a temporary directory and renamed into place (atomic on POSIX);
-then the one-line `latest` file is replaced the same way. A crash at any moment leaves either the
-previous checkpoint or the new one as `latest`, never a half-written one.
+then the one-line `latest` file is replaced the same way. A crash at any moment leaves either
+the previous checkpoint or the new one as `latest`, never a half-written one. On load the
+manifest is checked: a checkpoint whose files are missing, truncated or changed on disk is
+skipped, with a message, for the newest one that checks out (`latest_checkpoint`). A save that
+fails (a full disk) removes its temporary directory and raises `CheckpointError`; the
+checkpoints already there are untouched.
+
+`RunLock` keeps a second process from training into the same run directory.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +39,11 @@ import torch
 from tandem.errors import TandemError
 
 CKPT_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(TandemError):
+    """A checkpoint could not be written (the previous ones are intact)."""
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -75,21 +92,28 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "model")
-    if ref_model is not None:
-        ref_model.save_pretrained(tmp / "ref_model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "ref_model")
-    if value_head is not None:
-        from safetensors.torch import save_file
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        if ref_model is not None:
+            ref_model.save_pretrained(tmp / "ref_model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "ref_model")
+        if value_head is not None:
+            from safetensors.torch import save_file
 
-        save_file(value_head.state_dict(), tmp / "value_head.safetensors")
-    torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
+            save_file(value_head.state_dict(), tmp / "value_head.safetensors")
+        torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        _write_manifest(tmp)
+    except OSError as e:  # a full disk, a quota, a vanished directory: the old ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run_dir, log=lambda s: None)
+        kept = f"the last good checkpoint is {last}" if last else "there is no earlier checkpoint"
+        raise CheckpointError(f"saving checkpoint {name} failed ({e}); {kept}") from e
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         old = root / f".old-{name}-{os.getpid()}"
-        final.rename(old)
+        final.rename(old)  # `latest` briefly names a missing folder: loading falls back
         tmp.rename(final)
         shutil.rmtree(old)
     else:
@@ -97,6 +121,51 @@ def save_checkpoint(
     _atomic_write_text(root / "latest", name + "\n")
     _prune(root, keep, protect=name)
     return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(ckpt: Path) -> None:
+    """manifest.json: {relative path: [size, sha256]} of every file, fsynced before the
+    checkpoint is renamed into place."""
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {}
+    for p in files:
+        with p.open("rb") as f:
+            os.fsync(f.fileno())
+        entries[str(p.relative_to(ckpt))] = [p.stat().st_size, _sha256(p)]
+    _atomic_write_text(ckpt / MANIFEST, json.dumps(entries, indent=1) + "\n")
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """What is wrong with this checkpoint on disk (a missing, truncated or changed file), or
+    None when every file matches its manifest."""
+    ckpt = Path(ckpt)
+    try:
+        entries = json.loads((ckpt / MANIFEST).read_text())
+    except FileNotFoundError:
+        if (ckpt / "trainer.pt").is_file() and (ckpt / "model").is_dir():
+            return None  # written before manifests existed: complete (it was renamed into place)
+        return "no manifest.json and no trainer.pt"
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest.json ({e})"
+    if "trainer.pt" not in entries:
+        return "the manifest lists no trainer.pt"
+    for rel, (size, digest) in entries.items():
+        p = ckpt / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size:
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {size}"
+        if _sha256(p) != digest:
+            return f"{rel} does not match its checksum"
+    return None
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
@@ -108,18 +177,64 @@ def _prune(root: Path, keep: int, protect: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint of the run that checks out against its manifest: the one `latest`
+    names, else (saying why) the newest older one. None when the run has no checkpoint;
+    raises when it has checkpoints and none of them is intact."""
     root = Path(run_dir) / CKPT_DIR
-    pointer = root / "latest"
-    if not pointer.exists():
+    if not root.is_dir():
         return None
-    path = root / pointer.read_text().strip()
-    if not (path / "trainer.pt").exists():
-        raise TandemError(f"checkpoint {path} named by {pointer} is incomplete")
-    return path
+    pointer = root / "latest"
+    named = pointer.read_text().strip() if pointer.exists() else None
+    found = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    order = [root / named] if named else []
+    order += [p for p in found if p.name != named]
+    if not found and not named:
+        return None
+    problems = []
+    for ckpt in order:
+        problem = "missing" if not ckpt.is_dir() else verify_checkpoint(ckpt)
+        if problem is None:
+            if problems:
+                log(f"resume: using {ckpt.name}; skipped " + "; ".join(problems))
+            return ckpt
+        problems.append(f"{ckpt.name} ({problem})")
+    raise TandemError(f"no intact checkpoint in {root}: " + "; ".join(problems))
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     # map to CPU: a checkpoint written on a GPU loads anywhere; the optimizers move their state
     # to their parameters' device in load_state_dict
     return torch.load(Path(ckpt) / "trainer.pt", weights_only=False, map_location="cpu")
+
+
+class RunLock:
+    """An exclusive lock on RUN_DIR/.lock for as long as a run trains there (`fcntl.flock`:
+    released by the kernel when the process dies, so a killed run leaves no stale lock)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise TandemError(
+                f"{self.path.parent} is in use: a run is training there (pid {holder}); "
+                "wait for it to finish or stop it, or use another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

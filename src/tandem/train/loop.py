@@ -10,7 +10,9 @@ import contextlib
 import copy
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,11 @@ from tandem.model.load import eos_token_ids, load_model
 from tandem.model.value_head import ValueHead
 from tandem.report.metrics import MetricsWriter, read_metrics
 from tandem.report.plots import plot_curves
+from tandem.rewards.pool import RewardPool
 from tandem.tasks import get_task
 from tandem.train.backend import Backend, resolve_device
 from tandem.train.checkpoint import (
+    RunLock,
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -210,21 +214,117 @@ def _restore(st: RunState, ckpt: Path) -> int:
     return int(state["step"])
 
 
-def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
-    """Run (or resume) a training run; return the summary also written to summary.json."""
+# Fields a resume may change without `accept_config_change`: they do not change what the run
+# computes (how long it runs, where and how it reports and saves).
+RESUME_FREE = (
+    "steps",
+    "output_dir",
+    "progress",
+    "tensorboard",
+    "save_every",
+    "keep_checkpoints",
+    "max_bad_steps",
+)
+
+
+class Abandoned(TandemError):
+    """A second stop signal: the current step is dropped, nothing more is written."""
+
+
+class _StopSignals:
+    """SIGTERM / SIGINT during a run: the first asks the loop to finish the current step, save
+    a checkpoint and return; a second abandons the step at once (`Abandoned`). Only installed
+    in the main thread; the previous handlers come back on exit."""
+
+    def __init__(self, log) -> None:
+        self.log, self.got, self.old = log, None, {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.got is not None:
+            raise Abandoned(
+                f"{name} again: abandoned the current step; the last checkpoint is kept"
+            )
+        self.got = name
+        self.log(f"{name}: finishing this step, then saving a checkpoint ({name} again: stop now)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
+def _config_changes(old_yaml: str, new_yaml: str) -> list[str]:
+    """`field: old -> new` for every leaf that differs (RESUME_FREE fields left out)."""
+    import yaml
+
+    def flat(x, pre=""):
+        if isinstance(x, dict):
+            out = {}
+            for k, v in x.items():
+                out |= flat(v, f"{pre}{k}.")
+            return out or {pre[:-1]: {}}
+        return {pre[:-1]: x}
+
+    a, b = flat(yaml.safe_load(old_yaml) or {}), flat(yaml.safe_load(new_yaml) or {})
+    keys = sorted(set(a) | set(b))
+    return [
+        f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}"
+        for k in keys
+        if a.get(k) != b.get(k) and k.split(".")[0] not in RESUME_FREE
+    ]
+
+
+def train(
+    cfg: RunConfig, *, resume: bool = False, accept_config_change: bool = False, log=print
+) -> dict[str, Any]:
+    """Run (or resume) a training run; return the summary also written to summary.json.
+
+    A stop signal (SIGTERM, SIGINT) ends the run after the current step with a checkpoint
+    (summary `stopped_by`); a second one abandons the step. While it trains, the run directory
+    is locked against a second process."""
     run_dir = cfg.run_dir()
+    with (
+        RunLock(run_dir),
+        _StopSignals(log) as stop,
+        RewardPool.from_config(cfg.rewards) as rewards,  # a bad rewards.function fails here
+    ):
+        log(rewards.describe())
+        return _train(cfg, run_dir, resume, accept_config_change, stop, log)
+
+
+def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, log):
     t_start = time.perf_counter()
     start = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = latest_checkpoint(run_dir, log=log) if resume else None
     if resume and ckpt is None:
         raise TandemError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    if not resume and latest_checkpoint(run_dir) is not None:
+    if (
+        not resume
+        and (run_dir / "checkpoints").is_dir()
+        and any((run_dir / "checkpoints").glob("step_*"))
+    ):
         raise TandemError(
             f"{run_dir} already holds a run; use `tandem train --resume {run_dir}` or another output_dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    if ckpt is not None:
+        changes = _config_changes((ckpt / "config.yaml").read_text(), dump_config(cfg))
+        if changes and not accept_config_change:
+            raise TandemError(
+                f"--resume: the config differs from checkpoint {ckpt.name}'s: "
+                + "; ".join(changes)
+                + " (pass --accept-config-change to resume with the new values)"
+            )
+        if changes:
+            log("resuming with a changed config: " + "; ".join(changes))
     st = build_state(cfg, model_source=str(ckpt / "model") if ckpt else None, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model, task and data are good
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard)
     if ckpt is not None:
         start = _restore(st, ckpt)
@@ -252,6 +352,21 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
 
     from tandem.report.progress import StepProgress
 
+    def save(step: int) -> Path:
+        return save_checkpoint(
+            run_dir,
+            step,
+            st.model,
+            st.tokenizer,
+            _trainer_state(st),
+            dump_config(cfg),
+            cfg.keep_checkpoints,
+            ref_model=st.reference if st.ref_step is not None else None,
+            value_head=st.value_head,
+        )
+
+    bad: list[int] = []  # consecutive steps with a skipped (non-finite) update
+    stopped_at = None
     with StepProgress(
         cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log
     ) as bar:
@@ -260,26 +375,36 @@ def train(cfg: RunConfig, *, resume: bool = False, log=print) -> dict[str, Any]:
             step = k + 1
             writer.write(step, m)
             bar.update(step, m)
+            bad = [*bad, step] if m.get("optim/skipped_updates") else []
             last = step == cfg.steps
             if evals and ((cfg.eval.every and step % cfg.eval.every == 0) or last):
                 em = _eval_all(st, step, evals)
                 _controllers_read_eval(st, k, em)
                 writer.write(step, em)
                 bar.log(f"eval step {step}: " + _fmt(em))
-            if (cfg.save_every and step % cfg.save_every == 0) or last:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    st.model,
-                    st.tokenizer,
-                    _trainer_state(st),
-                    dump_config(cfg),
-                    cfg.keep_checkpoints,
-                    ref_model=st.reference if st.ref_step is not None else None,
-                    value_head=st.value_head,
+            if len(bad) >= cfg.max_bad_steps:
+                writer.close()
+                path = save(step)
+                raise TandemError(
+                    f"stopped: {len(bad)} steps in a row ({bad[0]}-{bad[-1]}) had a non-finite "
+                    f"loss or gradient, and their updates were skipped; {path} holds the weights "
+                    f"of step {bad[0] - 1} (lower lr, or look at the data of those steps)"
                 )
+            if stop.got is not None:
+                path = save(step)
+                stopped_at = step
+                bar.log(
+                    f"stopped by {stop.got} at step {step}; checkpoint {path.name} saved; "
+                    f"continue with: tandem train --resume {run_dir}"
+                )
+                break
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
+                save(step)
     writer.close()
     summary = summarize(cfg, run_dir, wall=time.perf_counter() - t_start)
+    if stopped_at is not None:
+        summary["stopped_by"] = stop.got
+        summary["stopped_at_step"] = stopped_at
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
         plot_curves(
@@ -331,12 +456,15 @@ def summarize(cfg: RunConfig, run_dir: Path, wall: float) -> dict[str, Any]:
 
 
 def train_from_files(
-    recipe: str | None, overrides: list[str], resume_dir: str | None = None
+    recipe: str | None,
+    overrides: list[str],
+    resume_dir: str | None = None,
+    accept_config_change: bool = False,
 ) -> dict:
     if resume_dir is not None:
         cfg_path = Path(resume_dir) / "config.yaml"
         if not cfg_path.exists():
             raise TandemError(f"--resume: {cfg_path} not found (is {resume_dir} a run directory?)")
         cfg = load_config(cfg_path, [*overrides, f"output_dir={resume_dir}"], preset=False)
-        return train(cfg, resume=True)
+        return train(cfg, resume=True, accept_config_change=accept_config_change)
     return train(load_config(recipe, overrides))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,8 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
                         stats[key].append(v)
                     n_upd += 1
         m |= {key: sum(v) / len(v) for key, v in stats.items()}
+        if "optim/skipped_updates" in stats:
+            m["optim/skipped_updates"] = float(sum(stats["optim/skipped_updates"]))
         m["optim/updates"] = float(n_upd)
         m["loss/total"] = sum(
             m[f"coef/{t.name}"] * m[f"loss/{t.name}"] for t in terms if f"loss/{t.name}" in m
@@ -136,7 +139,11 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
         m |= _batch_metrics(st, batch, items)
         m["perf/train_s"] = time.perf_counter() - t1
         m["perf/tokens_per_s"] = float(batch.attention_mask_BT.sum()) / max(m["perf/train_s"], 1e-9)
-    st.scheduler.step()
+    with warnings.catch_warnings():  # a skipped (non-finite) first update is not a misuse
+        warnings.filterwarnings(
+            "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+        )
+        st.scheduler.step()
 
     # 4. controllers read the step's statistics (per-term gradient norms when they asked)
     for name, ctl in stage.controllers.items():
@@ -438,9 +445,13 @@ def _update(
                     out_m[f"grad_norm/{name}"] = norm
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
+    losses = [v for key, v in out_m.items() if key.startswith("loss/")]
+    if math.isfinite(float(gnorm)) and all(math.isfinite(v) for v in losses):
+        opt.step()
+        st.backend.weights_changed()
+    else:  # a non-finite loss or gradient never reaches the weights or the optimizer moments
+        out_m["optim/skipped_updates"] = 1.0
     opt.zero_grad(set_to_none=True)  # free the gradients before the next sampling
-    st.backend.weights_changed()
     out_m["optim/grad_norm"] = float(gnorm)
     for key, (s, n) in stat_sums.items():
         out_m[key] = s / n if n else 0.0
