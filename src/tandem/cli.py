@@ -6,6 +6,8 @@ tandem quickstart [--output-dir DIR]        SmolLM2-135M, a hybrid recipe, befor
 tandem eval MODEL --task NAME               accuracy / pass@k of a model on a task
 tandem recipes [--details METHOD]           presets, bundled recipes, parts of an objective
 tandem tasks                                built-in tasks, one line each
+tandem plot RUN_DIR [RUN_DIR ...]           overlay runs' metrics into PNGs, one per panel
+tandem convert gguf FILE OUT_DIR            a GGUF file as a trainable HF checkpoint directory
 """
 
 from __future__ import annotations
@@ -158,6 +160,31 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tandem.report.plots import plot_runs
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    for path in plot_runs(args.run_dirs, args.out, names=names, smooth=args.smooth):
+        print(path)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from tandem.model.load import convert_gguf
+
+    print(f"tandem: converting {args.file} into {args.out_dir} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    out = convert_gguf(args.file, args.out_dir, dtype=args.dtype)
+    print(
+        f"tandem: done in {time.perf_counter() - t0:.0f}s; train it with model.name={out}",
+        file=sys.stderr,
+    )
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tandem",
@@ -228,6 +255,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(fn=cmd_recipes)
     sub.add_parser("tasks", help="list built-in tasks").set_defaults(fn=cmd_tasks)
+
+    pl = sub.add_parser(
+        "plot",
+        help="overlay runs' metrics into PNGs (reward, eval accuracy, losses, coefficients, ...)",
+        description="Overlay the metrics.jsonl of one or more runs into DIR/reward.png, "
+        "eval_accuracy.png (eval/ood accuracy and pass@k), loss.png (each loss/<term> and "
+        "loss/total), coef.png, entropy.png (rollout/entropy) and length.png (rollout/len_mean): "
+        "one axes per metric, x = step, one line per run. A file is written only when some run "
+        "logged its metrics. Prints the paths written.",
+        epilog="example: tandem plot runs/grpo-tiny runs/sft-tiny --names grpo,sft --out "
+        "runs/compare",
+    )
+    pl.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl)"
+    )
+    pl.add_argument(
+        "--out", default="plots", metavar="DIR", help="output directory (default plots)"
+    )
+    pl.add_argument(
+        "--names",
+        metavar="A,B,...",
+        help="comma-separated legend names, one per RUN_DIR (default: each directory's name)",
+    )
+    pl.add_argument(
+        "--smooth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also draw a trailing moving average over N logged points (per-step panels; eval "
+        "points are never smoothed; default 0: raw values only)",
+    )
+    pl.set_defaults(fn=cmd_plot)
+
+    c = sub.add_parser("convert", help="convert a model file into a trainable HF checkpoint dir")
+    formats = c.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    g = formats.add_parser(
+        "gguf",
+        help="a GGUF file (llama.cpp) of a Llama-family model",
+        description="Convert a GGUF file (any architecture transformers loads from GGUF; llama "
+        "covers the Llama family) into OUT_DIR: model.safetensors, config.json and the "
+        "tokenizer, loadable by AutoModelForCausalLM.from_pretrained(OUT_DIR) and trainable "
+        "with model.name=OUT_DIR. Quantized tensors (Q4_K, Q8_0, ...) are dequantized to "
+        "float32 by transformers, then saved in --dtype. OUT_DIR must be new or empty (never "
+        "overwritten): it is written to a hidden folder beside it, then renamed into place. Llama "
+        "3.1+ files (RoPE frequency factors, which transformers drops) are refused.",
+    )
+    g.add_argument("file", metavar="FILE", help="the .gguf file")
+    g.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) checkpoint directory")
+    g.add_argument("--dtype", default="fp32", help="weights saved as fp32 (default) or bf16")
+    g.set_defaults(fn=cmd_convert)
     return ap
 
 
