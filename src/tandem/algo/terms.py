@@ -41,6 +41,15 @@ def _ratio(logp_BT: Tensor, old_logp_BT: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _dual_clip(loss_BT: Tensor, adv_BT: Tensor, clip_ratio_c: float | None) -> Tensor:
+    """ℓ = min(ℓ, −A·clip_ratio_c) where A < 0 (Ye et al. 2020, arXiv 1912.09729); None: ℓ."""
+    if clip_ratio_c is None:
+        return loss_BT
+    if clip_ratio_c <= 1.0:
+        raise ConfigError(f"clip_ratio_c must be > 1 (or None to disable), got {clip_ratio_c}")
+    return torch.where(adv_BT < 0, torch.minimum(loss_BT, -adv_BT * clip_ratio_c), loss_BT)
+
+
 def clipped_pg(
     logp_BT: Tensor,
     old_logp_BT: Tensor,
@@ -66,12 +75,7 @@ def clipped_pg(
     unclipped_BT = -adv_BT * ratio_BT
     clipped_BT = -adv_BT * torch.clamp(ratio_BT, 1.0 - clip_low, 1.0 + clip_high)
     loss_BT = torch.maximum(unclipped_BT, clipped_BT)
-    if clip_ratio_c is None:
-        return loss_BT
-    if clip_ratio_c <= 1.0:
-        raise ConfigError(f"clip_ratio_c must be > 1 (or None to disable), got {clip_ratio_c}")
-    dual_BT = torch.minimum(loss_BT, -adv_BT * clip_ratio_c)
-    return torch.where(adv_BT < 0, dual_BT, loss_BT)
+    return _dual_clip(loss_BT, adv_BT, clip_ratio_c)
 
 
 def mix_ppg(
@@ -101,10 +105,7 @@ def mix_ppg(
     unclipped_BT = -adv_BT * ratio_BT
     clipped_BT = -adv_BT * torch.minimum(torch.maximum(ratio_BT, lo), c_BT + clip_high)
     loss_BT = torch.maximum(unclipped_BT, clipped_BT)
-    if clip_ratio_c is None:
-        return loss_BT
-    dual_BT = torch.minimum(loss_BT, -adv_BT * clip_ratio_c)
-    return torch.where(adv_BT < 0, dual_BT, loss_BT)
+    return _dual_clip(loss_BT, adv_BT, clip_ratio_c)
 
 
 def unclipped_pg(logp_BT: Tensor, old_logp_BT: Tensor, adv_BT: Tensor) -> Tensor:
