@@ -185,6 +185,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tandem.export import export_run
+
+    print(export_run(args.run_dir, args.out_dir, log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tandem",
@@ -305,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) checkpoint directory")
     g.add_argument("--dtype", default="fp32", help="weights saved as fp32 (default) or bf16")
     g.set_defaults(fn=cmd_convert)
+
+    x = sub.add_parser(
+        "export",
+        help="a run's model as a plain HF directory (a LoRA adapter merged in)",
+        description="Write the newest intact checkpoint of RUN_DIR to OUT_DIR as a plain "
+        "Hugging Face model directory (safetensors, config, tokenizer) that "
+        "AutoModelForCausalLM.from_pretrained(OUT_DIR) loads. A LoRA run (model.lora) has "
+        "only its adapter in the checkpoint: the base model is loaded and the adapter merged "
+        "into its weights. OUT_DIR must not exist; it is renamed into place when complete.",
+    )
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a tandem run directory")
+    x.add_argument("out_dir", metavar="OUT_DIR", help="new directory for the model")
+    x.set_defaults(fn=cmd_export)
     return ap
 
 

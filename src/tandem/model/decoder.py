@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tandem.model import onednn
+from tandem.model.lora import adapter_state, effective_bias, effective_weight
 
 _MODEL_TYPES = {"llama"}
 # `LlamaDecoder` packs weights for oneDNN by default from this many new tokens on.
@@ -71,17 +72,19 @@ class _Linears:
 
     def __init__(self, mods: list[nn.Module], dtype: torch.dtype, rows: int, pack: bool):
         self.mods, self.dtype = mods, dtype
-        self.sizes = [m.weight.shape[0] for m in mods]
+        # A LoRA linear's weight is its base's plus the active adapter's (`tandem.model.lora`):
+        # packing its `.weight` alone would decode with the initial model.
+        weights = [effective_weight(m) for m in mods]
+        biases = [effective_bias(m) for m in mods]
+        self.sizes = [w.shape[0] for w in weights]
         self.w = self.b = None
         if pack:
-            self.w = onednn.packed_weight(torch.cat([m.weight.to(dtype) for m in mods]), rows)
-        if self.w is not None and any(getattr(m, "bias", None) is not None for m in mods):
+            self.w = onednn.packed_weight(torch.cat([w.to(dtype) for w in weights]), rows)
+        if self.w is not None and any(b is not None for b in biases):
             self.b = torch.cat(
                 [
-                    m.bias.to(dtype)
-                    if getattr(m, "bias", None) is not None
-                    else torch.zeros(n, dtype=dtype, device=m.weight.device)
-                    for m, n in zip(mods, self.sizes)
+                    b.to(dtype) if b is not None else torch.zeros(n, dtype=dtype, device=w.device)
+                    for b, w, n in zip(biases, weights, self.sizes)
                 ]
             )
 
@@ -171,7 +174,7 @@ _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _stamp(model: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    return (*((p.data_ptr(), p._version) for p in model.parameters()), adapter_state(model))
 
 
 def _weights(

@@ -203,7 +203,7 @@ class Backend:
             pad_token_id=self.pad_id,
             generator=generator,
         )
-        if model is not None and model is not self.model:
+        if model is not None:  # (a LoRA run's reference is the policy's module, switched)
             return LocalRollout(self).generate(model, prompts, **kw)
         policy = self.model
         if self.copy is not None:

@@ -2,6 +2,9 @@
 
 Layout of RUN_DIR/checkpoints/step_000010/:
   model/        `save_pretrained` output (safetensors + tokenizer): transformers loads it directly
+  adapter/      instead of model/ in a LoRA run (`model.lora`): the trained adapter as a PEFT
+                adapter directory (+ tokenizer; `reference/` inside holds the moved reference's
+                adapter); `tandem export` merges it into a plain model
   trainer.pt    optimizer, LR schedule, controller state, data positions, RNG states, step
   config.yaml   the resolved config
   ref_model/    the reference model, only when it is no longer the initial model (a stage
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from tandem.errors import TandemError
+from tandem.model.lora import is_lora, save_adapters
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -94,9 +98,13 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        if ref_model is not None:
+        if is_lora(model):
+            save_adapters(model, tmp / "adapter", reference=ref_model is not None)
+            tokenizer.save_pretrained(tmp / "adapter")
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+        if ref_model is not None and not is_lora(model):
             ref_model.save_pretrained(tmp / "ref_model", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "ref_model")
         if value_head is not None:
@@ -150,7 +158,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
     try:
         entries = json.loads((ckpt / MANIFEST).read_text())
     except FileNotFoundError:
-        if (ckpt / "trainer.pt").is_file() and (ckpt / "model").is_dir():
+        if (ckpt / "trainer.pt").is_file() and (ckpt / "model").is_dir():  # (no LoRA then)
             return None  # written before manifests existed: complete (it was renamed into place)
         return "no manifest.json and no trainer.pt"
     except (OSError, ValueError) as e:

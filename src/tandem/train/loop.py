@@ -25,9 +25,11 @@ from tandem.encode import Encoder
 from tandem.errors import TandemError
 from tandem.eval.evaluate import evaluate
 from tandem.model.load import eos_token_ids, load_model
+from tandem.model.lora import LoraReference, apply_lora, load_adapters
 from tandem.model.value_head import ValueHead
 from tandem.report.metrics import MetricsWriter, read_metrics
 from tandem.report.plots import plot_curves
+from tandem.report.samples import sample_rows
 from tandem.rewards.pool import RewardPool
 from tandem.tasks import get_task
 from tandem.train.backend import Backend, resolve_device
@@ -70,13 +72,35 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     models they need, the backend and the optimizers. Nothing is trained."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.model.device)
-    model, tok = load_model(model_source or cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
+    lora = cfg.model.lora
+    # A LoRA run resumes from its base model plus the checkpoint's adapter (`model_source`).
+    model, tok = load_model(
+        cfg.model.name if lora else model_source or cfg.model.name,
+        dtype=cfg.model.dtype,
+        seed=cfg.seed,
+    )
     model.to(device)
     task = get_task(cfg.task.name, cfg.task.params)
     pool = task.examples("train", cfg.task.train_pool, seed=cfg.seed)
     stages = build_stages(cfg, example_pools(pool), task)
+    holds_reference = any(s.holds_reference() for s in stages)
     reference = None
-    if any(s.holds_reference() for s in stages):
+    if lora is not None:
+        moving = holds_reference and any(s.config.reference == "stage_start" for s in stages)
+        apply_lora(
+            model,
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            reference_adapter=moving,
+        )
+        model.to(device)
+        if model_source is not None:
+            load_adapters(model, Path(model_source))
+        if holds_reference:  # the base with the adapter off: no second copy of the model
+            reference = LoraReference(model)
+    elif holds_reference:
         if model_source is None:
             reference = copy.deepcopy(model)
         else:  # resuming: the reference is the initial model, not the checkpoint
@@ -84,7 +108,7 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
             reference.to(device)
         reference.eval().requires_grad_(False)
     value_head = None
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     if any(s.holds_value_head() for s in stages):
         value_head = ValueHead(model.config.hidden_size).to(device)
         params += list(value_head.parameters())
@@ -135,6 +159,16 @@ def describe_sizes(st: RunState) -> str:
     extra = [
         n for n, m in (("reference", st.reference), ("value head", st.value_head)) if m is not None
     ]
+    if isinstance(st.reference, LoraReference):
+        extra[0] = "reference (the base with the adapter off; no copy)"
+    if cfg.model.lora is not None:
+        lo = cfg.model.lora
+        n_train = sum(p.numel() for p in st.model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in st.model.parameters())
+        extra.append(
+            f"LoRA r={lo.r} alpha={lo.alpha:g} on {lo.target_modules} "
+            f"({n_train:,} of {n_all:,} parameters train)"
+        )
     lines = [
         f"method {cfg.method} | task {cfg.task.name} | model {cfg.model.name} | steps {cfg.steps}"
         f" | device {st.backend.device} | rollout {cfg.rollout.backend}",
@@ -205,7 +239,10 @@ def _restore(st: RunState, ckpt: Path) -> int:
         s.load_state_dict(state["stages"][s.name])
     set_rng_state(state["rng"])
     if state.get("ref_step") is not None:  # the reference was set from the policy at a stage
-        st.reference.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
+        if isinstance(st.reference, LoraReference):  # its adapter came with the policy's
+            st.reference.moved = True
+        else:
+            st.reference.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
         st.ref_step = state["ref_step"]
     if st.value_head is not None:
         from safetensors.torch import load_file
@@ -218,6 +255,7 @@ def _restore(st: RunState, ckpt: Path) -> int:
 # computes (how long it runs, where and how it reports and saves).
 RESUME_FREE = (
     "steps",
+    "log",
     "output_dir",
     "progress",
     "tensorboard",
@@ -293,12 +331,13 @@ def train(
         RunLock(run_dir),
         _StopSignals(log) as stop,
         RewardPool.from_config(cfg.rewards) as rewards,  # a bad rewards.function fails here
+        contextlib.ExitStack() as closing,  # the metric sinks, however the run ends
     ):
         log(rewards.describe())
-        return _train(cfg, run_dir, resume, accept_config_change, stop, log)
+        return _train(cfg, run_dir, resume, accept_config_change, stop, closing, log)
 
 
-def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, log):
+def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, closing, log):
     t_start = time.perf_counter()
     start = 0
     ckpt = latest_checkpoint(run_dir, log=log) if resume else None
@@ -322,16 +361,27 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, l
             )
         if changes:
             log("resuming with a changed config: " + "; ".join(changes))
-    st = build_state(cfg, model_source=str(ckpt / "model") if ckpt else None, log=log)
+    weights = "adapter" if cfg.model.lora is not None else "model"
+    st = build_state(cfg, model_source=str(ckpt / weights) if ckpt else None, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the model, task and data are good
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard)
+    wandb = None
+    if cfg.log.wandb:
+        wandb = {
+            "project": cfg.log.wandb_project,
+            "mode": cfg.log.wandb_mode,
+            "name": run_dir.name,
+            "config": cfg.model_dump(mode="json"),
+        }
+    writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, wandb=wandb)
+    closing.callback(writer.close)
     if ckpt is not None:
         start = _restore(st, ckpt)
         writer.truncate_after(start)
         log(f"resumed from {ckpt} at step {start}")
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)
     log(describe_sizes(st))
     if start >= cfg.steps and resume:
         log(f"nothing to do: the run is at step {start} of {cfg.steps} (raise `steps` to go on)")
@@ -374,6 +424,10 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, l
             m = train_step(st, k)
             step = k + 1
             writer.write(step, m)
+            if cfg.log.samples_every and (step % cfg.log.samples_every == 0 or step == 1):
+                writer.write_samples(
+                    step, sample_rows(st.last_items, st.tokenizer, cfg.log.samples)
+                )
             bar.update(step, m)
             bad = [*bad, step] if m.get("optim/skipped_updates") else []
             last = step == cfg.steps

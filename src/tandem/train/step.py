@@ -31,6 +31,7 @@ from tandem.algo.advantages import AdvantageInputs, estimate
 from tandem.algo.aggregate import Normalizer, aggregate, make_normalizer
 from tandem.algo.objective import BatchScores, PairInputs, SeqInputs, TokenInputs
 from tandem.experience import Batch, Item, microbatches, minibatches
+from tandem.model.lora import reference_module, set_reference
 from tandem.rewards.safe import score_batch
 from tandem.train.backend import Backend, step_generator
 from tandem.train.filters import apply_filters
@@ -58,6 +59,8 @@ class RunState:
     value_head: Any = None
     ref_step: int | None = None
     """The step at which the reference was last set from the policy (None: initial model)."""
+    last_items: list = field(default_factory=list)
+    """The items the last step trained on (sample completions are logged from them)."""
 
     def stage_at(self, step: int) -> Stage:
         for s in self.stages:
@@ -88,6 +91,7 @@ def train_step(st: RunState, k: int) -> dict[str, float]:
     m |= _merge_source_metrics(per_source)
     items, fm = apply_filters(stage.filters, items)
     m |= fm
+    st.last_items = items
     t1 = time.perf_counter()
 
     # 2. tensors; what the terms need, filled once; advantages
@@ -160,7 +164,7 @@ def _enter(st: RunState, stage: Stage, k: int) -> None:
         for opt in (st.optimizer, *st.optimizers.values()):
             opt.state.clear()
     if stage.config.reference == "stage_start" and st.reference is not None:
-        st.reference.load_state_dict(st.model.state_dict())
+        set_reference(st.reference, st.model)
         st.ref_step = k
 
 
@@ -171,14 +175,16 @@ def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]
     sizes = stage.sizes
 
     def generate(prompts, *, call: int, max_new_tokens: int, temperature: float, model="policy"):
-        return st.backend.generate(
-            prompts,
+        kw = dict(
             generator=step_generator(st.cfg.seed, k, salt=call),
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=sizes.top_p,
-            model=st.reference if model == "reference" else None,
         )
+        if model == "reference":
+            with reference_module(st.reference) as ref:
+                return st.backend.generate(prompts, model=ref, **kw)
+        return st.backend.generate(prompts, **kw)
 
     return DrawEnv(
         step=k,
@@ -293,8 +299,8 @@ def _fill_needs(st: RunState, batch: Batch, plan, needs: set[str]) -> None:
         batch.needs["greedy_pred_BT"] = batch.needs.pop("_greedy_BTV").argmax(-1)
     if "ref_logp" in needs or "ref_vocab_logp" in needs:
         vocab = "ref_vocab_logp_BTV" if "ref_vocab_logp" in needs else None
-        with torch.no_grad():
-            _no_grad_fill(st, batch, st.reference, rows, "ref_logp_BT", vocab=vocab)
+        with torch.no_grad(), reference_module(st.reference) as ref:
+            _no_grad_fill(st, batch, ref, rows, "ref_logp_BT", vocab=vocab)
 
 
 def _no_grad_fill(
