@@ -226,3 +226,23 @@ def test_export_merges_into_a_plain_transformers_model(tmp_path):
 def test_lora_config_errors_name_the_field(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         build_state(tiny_config(tmp_path, "method=grpo", *LORA, override))
+
+
+def test_merged_parameters_are_the_plain_models(tmp_path):
+    """What the vLLM engine is started from and synced with: the policy saved under the plain
+    architecture's names with the adapter merged; transformers loads it as the policy."""
+    from tandem.model.lora import merged_parameters
+
+    st = build_state(tiny_config(tmp_path / "run", "method=sft", "lr=3e-2", *LORA))
+    for k in range(3):
+        train_step(st, k)
+    st.model.eval()
+    named = dict(merged_parameters(st.model))
+    plain, _ = load_model("tiny")
+    assert set(named) == {n for n, _ in plain.named_parameters()}
+    st.model.save_pretrained(tmp_path / "plain", safe_serialization=True, state_dict=named)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    ids = st.tokenizer("5+2=7", return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(_logp(loaded, ids), _logp(st.model, ids), rtol=1e-5, atol=1e-5)

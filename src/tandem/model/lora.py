@@ -144,6 +144,24 @@ def effective_bias(m: nn.Module) -> Tensor | None:
     return getattr(base if base is not None else m, "bias", None)
 
 
+def merged_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """The model's parameters under the base architecture's names, each LoRA linear's weight
+    with its active adapter merged (`effective_weight`), the adapters' own A and B left out:
+    what a rollout engine that holds a plain copy of the model loads after an update (vLLM)."""
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "get_delta_weight")}
+    out = []
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, sep, leaf = name.partition(".base_layer.")
+        if sep and owner in layers:
+            value = effective_weight(layers[owner]) if leaf == "weight" else p
+            out.append((f"{owner}.{leaf}", value.detach()))
+        else:
+            out.append((name, p.detach()))
+    return out
+
+
 def adapter_state(model: nn.Module) -> tuple:
     """What decides which adapter weights apply (empty for a model without LoRA)."""
     if model not in _PEFT:
@@ -281,6 +299,7 @@ __all__ = [
     "is_lora",
     "load_adapters",
     "merged",
+    "merged_parameters",
     "peft_of",
     "reference_module",
     "save_adapters",

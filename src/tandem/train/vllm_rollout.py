@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from tandem.errors import TandemError
+from tandem.model.lora import merged_parameters
 from tandem.train.sources import Rollout
 
 
@@ -75,7 +76,8 @@ class VllmRollout:
         # vLLM loads from a directory: the policy as it is now (a checkpoint of the run, or
         # the model it starts from), with its tokenizer.
         self._dir = tempfile.TemporaryDirectory(prefix="tandem-vllm-")
-        model.save_pretrained(self._dir.name, safe_serialization=True)
+        state = dict(merged_parameters(model))  # a LoRA policy as the plain model it acts as
+        model.save_pretrained(self._dir.name, safe_serialization=True, state_dict=state)
         tok = getattr(backend, "tokenizer", None)
         if tok is not None:
             tok.save_pretrained(self._dir.name)
@@ -130,8 +132,9 @@ class VllmRollout:
         return Rollout(completions, logprobs, finished)
 
     def sync(self, model: nn.Module) -> None:
-        """Push the policy's current weights into vLLM's copy."""
-        named = [(n, p.detach()) for n, p in model.named_parameters()]
+        """Push the policy's current weights into vLLM's copy (a LoRA policy's merged: vLLM
+        holds the plain architecture)."""
+        named = merged_parameters(model)
         try:
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
             runner.model.load_weights(named)
