@@ -3,9 +3,9 @@
 tandem train RECIPE [key.sub=value ...]     train from a recipe file or a bundled recipe name
 tandem train --resume RUN_DIR [key=value]   continue a run from its latest checkpoint
 tandem quickstart [--output-dir DIR]        SmolLM2-135M, a hybrid recipe, before/after table
-tandem eval MODEL --task NAME               accuracy / pass@k of a model on a task
+tandem eval MODEL_OR_RUN --task NAME ...    accuracy, pass@k, maj@k per task and split
 tandem recipes [--details METHOD]           presets, bundled recipes, parts of an objective
-tandem tasks                                built-in tasks, one line each
+tandem tasks [NAME] [--rg]                  tasks and their params; reasoning-gym names
 tandem plot RUN_DIR [RUN_DIR ...]           overlay runs' metrics into PNGs, one per panel
 tandem convert gguf FILE OUT_DIR            a GGUF file as a trainable HF checkpoint directory
 """
@@ -69,43 +69,53 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise TandemError(f"{flag}: comma-separated integers >= 1, got {text!r}") from None
+    if any(k < 1 for k in values):
+        raise TandemError(f"{flag}: comma-separated integers >= 1, got {text!r}")
+    return values
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from tandem.eval.run import (
+        TaskSpec,
+        add_params,
+        default_out,
+        render_table,
+        run_eval,
+        write_json_atomic,
+    )
 
-    from tandem.encode import Encoder
-    from tandem.eval.evaluate import evaluate
-    from tandem.model.load import eos_token_ids, load_model
-    from tandem.tasks import get_task
-
-    params = {}
-    for kv in args.param:
-        k, _, v = kv.partition("=")
-        from tandem.config import _parse_value
-
-        params[k] = _parse_value(v)
-    model, tok = load_model(args.model)
-    task = get_task(args.task, params)
-    enc = Encoder(tok, prior=args.prior)
-    out = {}
-    for split in args.splits.split(","):
-        exs = task.examples(split, args.prompts, seed=args.seed)
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else None
-        out.update(
-            evaluate(
-                model,
-                enc,
-                task,
-                exs,
-                max_new_tokens=args.max_new_tokens,
-                eos_token_ids=eos_token_ids(tok, model),
-                pass_k=[int(k) for k in args.pass_k.split(",")] if args.pass_k else [],
-                pass_samples=args.pass_samples,
-                seed=args.seed,
-                ctx=ctx,
-                prefix=split,
-            )
-        )
-    print(json.dumps(out, indent=2))
+    specs = add_params([TaskSpec.parse(t) for t in args.task], args.param)
+    if args.param and not specs:
+        raise TandemError("--param: give the task with --task NAME")
+    doc = run_eval(
+        args.model,
+        specs,
+        splits=[s.strip() for s in args.splits.split(",") if s.strip()],
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        pass_k=_int_list("--pass-k", args.pass_k),
+        maj_k=_int_list("--maj-k", args.maj_k),
+        samples=args.pass_samples,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        prior=args.prior,
+        system_prompt=args.system_prompt,
+        device=args.device,
+        bf16=args.bf16,
+    )
+    out = Path(args.out) if args.out else default_out(args.model, doc["run_dir"])
+    write_json_atomic(out, doc)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        render_table(doc)
+    print(f"tandem eval: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -154,10 +164,47 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from tandem.tasks import list_tasks
+    from tandem.tasks.registry import task_params
 
+    if args.rg:
+        from tandem.tasks.rgym import dataset_names
+
+        names = dataset_names()
+        print(
+            f"reasoning-gym datasets ({len(names)}; use as rg:<name>, details: tandem tasks rg:NAME):"
+        )
+        for name in names:
+            print(f"  rg:{name}")
+        return 0
+    if args.name:
+        params = task_params(args.name)
+        described = dict(list_tasks()).get(args.name)
+        if described is None and args.name.startswith("rg:"):
+            from tandem.tasks.registry import get_task
+
+            described = get_task(args.name).description
+        print(f"{args.name}: {described}")
+        print("params (task.params.<name> in a recipe; tandem eval --task 'NAME key=value'):")
+        for key, desc in params.items():
+            print(f"  {key:<20} {desc}")
+        if not params:
+            print("  (none documented)")
+        return 0
+    print("tasks (details: tandem tasks NAME; reasoning-gym names: tandem tasks --rg):")
     for name, desc in list_tasks():
         print(f"  {name:<18} {desc}")
+        params = task_params(name) if not name.startswith("rg:") else _rg_extra_params()
+        for key, pdesc in params.items():
+            print(f"      {key:<16} {pdesc}")
     return 0
+
+
+def _rg_extra_params() -> dict[str, str]:
+    from tandem.tasks.registry import RG_EXTRA_PARAMS
+
+    return {"<config field>": "the dataset's difficulty knobs (tandem tasks rg:NAME)"} | (
+        RG_EXTRA_PARAMS
+    )
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -232,26 +279,73 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_quickstart)
 
     e = sub.add_parser(
-        "eval", help="evaluate a model (tiny, smollm2-135m, or a local HF dir) on a task"
+        "eval",
+        help="accuracy, pass@k, maj@k of a model or run on tasks: a table, and JSON on disk",
+        description="Evaluate MODEL_OR_RUN on each --task and split: accuracy (greedy), unbiased pass@k "
+        "and maj@k (from --pass-samples samples at --temperature) and mean completion length "
+        "(tokens). Prints a table (or the JSON with --json) and writes the JSON to --out. "
+        "Metric definitions: docs/eval.md. Before the table existed this command printed "
+        "flat JSON ({split}/accuracy ...) to stdout; that is now 'results' in the JSON file.",
+        epilog="examples: tandem eval smollm2-135m --task champ --task 'add digits=3' "
+        "--pass-k 1,4 --maj-k 4 --prompts 32 | tandem eval runs/grpo-tiny (the run's task) | "
+        "tandem eval tiny --task add --param digits=1 --splits eval",
     )
-    e.add_argument("model")
-    e.add_argument("--task", required=True)
     e.add_argument(
-        "--param", action="append", default=[], help="task parameter key=value (repeatable)"
+        "model",
+        metavar="MODEL_OR_RUN",
+        help="tiny, smollm2-135m, a local HF model directory, a tandem run directory (its "
+        "newest intact checkpoint) or a checkpoint directory",
+    )
+    e.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="'NAME [key=value ...]'",
+        help="a task and its params (repeatable; `tandem tasks` lists them); default for a "
+        "run: the run's task",
+    )
+    e.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="[TASK.]key=value",
+        help="task parameter (repeatable): key=value with one --task, TASK.key=value to pick one",
     )
     e.add_argument("--splits", default="eval,ood", help="comma-separated splits (train, eval, ood)")
-    e.add_argument("--prompts", type=int, default=64, help="prompts per split")
-    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--prompts", type=int, default=64, help="prompts per task and split")
+    e.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's, else 32")
     e.add_argument("--pass-k", default="", help="comma-separated k values for pass@k, e.g. 1,4")
-    e.add_argument("--pass-samples", type=int, default=8)
+    e.add_argument("--maj-k", default="", help="comma-separated k values for maj@k, e.g. 4,8")
+    e.add_argument(
+        "--pass-samples",
+        type=int,
+        default=8,
+        help="samples per prompt for pass@k and maj@k (raised to the largest k), default 8",
+    )
+    e.add_argument("--temperature", type=float, default=1.0, help="for the samples (default 1)")
+    e.add_argument("--batch-size", type=int, default=64, help="completions decoded together")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast")
     e.add_argument(
         "--prior",
         default=None,
         help="prior prompt around each question, as in training (task.prior): reasoning, "
-        "planning, code, knowledge, null_example, or a template with {prompt}",
+        "planning, code, knowledge, null_example, or a template with {prompt}; default for a "
+        "run: the run's",
     )
+    e.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system message (models with a chat template); default for a run: the run's",
+    )
+    e.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="where the JSON goes (written atomically); default RUN_DIR/eval.json for a run, "
+        "else ./eval-<model>.json",
+    )
+    e.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser(
@@ -261,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--details", metavar="METHOD", help="print one preset's notes (paper, deviations)"
     )
     r.set_defaults(fn=cmd_recipes)
-    sub.add_parser("tasks", help="list built-in tasks").set_defaults(fn=cmd_tasks)
+    tk = sub.add_parser(
+        "tasks",
+        help="list tasks and their params; tandem tasks NAME for one, --rg for reasoning-gym",
+    )
+    tk.add_argument(
+        "name", nargs="?", metavar="NAME", help="one task (e.g. champ, rg:chain_sum) in detail"
+    )
+    tk.add_argument("--rg", action="store_true", help="list every reasoning-gym dataset name")
+    tk.set_defaults(fn=cmd_tasks)
 
     pl = sub.add_parser(
         "plot",

@@ -1,3 +1,3 @@
-from tandem.eval.evaluate import evaluate, pass_at_k
+from tandem.eval.evaluate import evaluate, maj_at_k, pass_at_k
 
-__all__ = ["evaluate", "pass_at_k"]
+__all__ = ["evaluate", "maj_at_k", "pass_at_k"]

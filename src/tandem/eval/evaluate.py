@@ -1,20 +1,40 @@
-"""Evaluation: accuracy (mean verifier reward, greedy decoding) and unbiased pass@k.
+"""Evaluation: accuracy (greedy decoding), unbiased pass@k and maj@k, mean completion length.
 
-pass@k follows Chen et al. 2021 (HumanEval): with n samples of which c are correct,
-pass@k = 1 - C(n-c, k) / C(n, k), averaged over prompts. A sample counts as correct when its
-reward is >= 0.5 (rewards are in [0, 1]; binary verifiers give 0 or 1).
+For each prompt, accuracy is the verifier's reward of one greedy completion (rewards are in
+[0, 1]; binary verifiers give 0 or 1), averaged over prompts; ``len_mean`` is the mean length
+of those greedy completions in tokens.
+
+pass@k and maj@k share one set of n sampled completions per prompt (n = max(pass_samples, the
+largest k asked for), at `temperature`); a sample counts as correct when its reward is >= 0.5.
+
+pass@k follows Chen et al. 2021 (HumanEval, arXiv 2107.03374): with n samples of which c are
+correct, pass@k = 1 - C(n-c, k) / C(n, k), the chance that a uniformly random k-subset of the n
+samples holds a correct one; averaged over prompts.
+
+maj@k (majority voting, "maj1@k" in Lewkowycz et al. 2022, Minerva, arXiv 2206.14858; the
+self-consistency of Wang et al. 2022, arXiv 2203.11171): draw k samples, take the most frequent
+final answer, score 1 if it is correct. Each sample votes with `answer_key(example, completion)`
+when the task defines it, else `tandem.tasks.answers.vote_answer` (the last ``\\boxed{}`` /
+``<answer>`` content or the last number, normalized; None for no answer: such a sample is drawn
+but never wins). A tie between the top answers gives each of them an equal chance (credit =
+the fraction of the tied answers that are correct), and a group of samples that share an answer
+is as correct as the mean of its members (one verdict per answer, if the verifier agrees with
+the vote key). Like pass@k, the estimate is unbiased over n >= k samples: `maj_at_k` returns the
+exact mean of majority-vote correctness over all C(n, k) k-subsets of the n samples (computed by
+counting, not by enumerating them), which has lower variance than voting over the first k.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from tandem.encode import Encoder
 from tandem.model.sampler import keep_packed, sample
 from tandem.rewards.safe import score_batch
+from tandem.tasks.answers import vote_answer
 from tandem.tasks.base import Example, Task
 
 
@@ -25,6 +45,66 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[float], k: int) -> float:
+    """Unbiased maj@k for one prompt: the mean over all k-subsets of its n samples of the
+    majority answer's correctness (ties split evenly; None answers never win).
+
+    answers[i] is sample i's vote key, correct[i] its correctness (0 or 1; a float is allowed).
+    Samples with equal keys form a group of size m_g and correctness q_g (mean over the group).
+    For a group g to be among the winners with v votes, every other group must draw <= v
+    votes; with t other groups at exactly v, g wins with chance 1/(t+1). So
+
+        maj@k = sum_g q_g sum_v C(m_g, v) sum_t W_g,v(k - v, t) / (t + 1) / C(n, k)
+
+    where W_g,v(s, t) counts the ways to draw s samples from the other groups (and from the
+    abstaining None samples, which have no cap) with each group <= v and t groups at v,
+    computed group by group; only groups with q_g > 0 need it. Cost: about G k^3 per
+    correct group, for G groups.
+    """
+    n = len(answers)
+    if len(correct) != n:
+        raise ValueError(f"{n} answers but {len(correct)} correctness values")
+    if not 1 <= k <= n:
+        raise ValueError(f"maj@{k} needs at least {k} samples, got {n}")
+    groups: dict[str, list[float]] = {}
+    for a, c in zip(answers, correct):
+        if a is not None:
+            groups.setdefault(a, []).append(float(c))
+    abstain = sum(a is None for a in answers)
+    sizes = [len(v) for v in groups.values()]
+    quality = [sum(v) / len(v) for v in groups.values()]
+    total = 0.0
+    for g, (m_g, q_g) in enumerate(zip(sizes, quality)):
+        if q_g == 0.0:
+            continue
+        others = [m for h, m in enumerate(sizes) if h != g]
+        for v in range(1, min(m_g, k) + 1):
+            rest = k - v  # draws left for the other groups and the abstentions
+            t_max = min(len(others), rest // v)  # each tied group takes v of them
+            # ways[s][t]: draws of s samples from the groups seen so far, each <= v, t at v
+            ways = [[0] * (t_max + 1) for _ in range(rest + 1)]
+            ways[0][0] = 1
+            for m_h in others:
+                new = [[0] * (t_max + 1) for _ in range(rest + 1)]
+                for s, row in enumerate(ways):
+                    for t, w in enumerate(row):
+                        if not w:
+                            continue
+                        for x in range(0, min(m_h, v, rest - s) + 1):
+                            if x == v and t == t_max:
+                                continue  # impossible: more ties than draws allow
+                            new[s + x][t + (x == v)] += w * math.comb(m_h, x)
+                ways = new
+            # abstentions: any number of them, uncapped
+            tied = [0] * (t_max + 1)
+            for s, row in enumerate(ways):
+                for t, w in enumerate(row):
+                    tied[t] += w * math.comb(abstain, k - v - s)
+            wins = sum(w / (t + 1) for t, w in enumerate(tied))
+            total += q_g * math.comb(m_g, v) * wins
+    return total / math.comb(n, k)
 
 
 def evaluate(
@@ -42,8 +122,10 @@ def evaluate(
     seed: int = 0,
     ctx: Callable = None,
     prefix: str = "eval",
+    maj_k: list[int] = (),
 ) -> dict[str, float]:
-    """Return `{prefix}/accuracy`, `{prefix}/len_mean` and `{prefix}/pass@k` for each k.
+    """Return `{prefix}/accuracy`, `{prefix}/len_mean`, `{prefix}/pass@k` for each k in
+    `pass_k` and `{prefix}/maj@k` for each k in `maj_k` (see module docstring).
 
     The weights are packed for the sampler once for the whole evaluation (`keep_packed`).
     """
@@ -72,10 +154,12 @@ def evaluate(
         out[f"{prefix}/accuracy"] = sum(rewards) / len(rewards)
         out[f"{prefix}/len_mean"] = sum(lengths) / len(lengths)
 
-        if pass_k:
-            n = max(pass_samples, max(pass_k))
+        if pass_k or maj_k:
+            n = max(pass_samples, *pass_k, *maj_k)
             per_prompt = max(1, batch_size // n)
-            totals = {k: 0.0 for k in pass_k}
+            pass_totals = {k: 0.0 for k in pass_k}
+            maj_totals = {k: 0.0 for k in maj_k}
+            key_of = getattr(task, "answer_key", None)
             for i in range(0, len(examples), per_prompt):
                 chunk = examples[i : i + per_prompt]
                 rep = [ex for ex in chunk for _ in range(n)]
@@ -89,11 +173,20 @@ def evaluate(
                         pad_token_id=encoder.pad_id,
                         generator=torch.Generator().manual_seed(seed + 1 + i),
                     )
-                scores, _ = score_batch(task, rep, [encoder.decode(c) for c in res.completions])
-                for j in range(len(chunk)):
-                    c = sum(s.reward >= 0.5 for s in scores[j * n : (j + 1) * n])
+                texts = [encoder.decode(c) for c in res.completions]
+                scores, _ = score_batch(task, rep, texts)
+                for j, ex in enumerate(chunk):
+                    ok = [float(s.reward >= 0.5) for s in scores[j * n : (j + 1) * n]]
+                    c = int(sum(ok))
                     for k in pass_k:
-                        totals[k] += pass_at_k(n, c, k)
+                        pass_totals[k] += pass_at_k(n, c, k)
+                    if maj_k:
+                        mine = texts[j * n : (j + 1) * n]
+                        keys = [key_of(ex, t) if key_of else vote_answer(t) for t in mine]
+                        for k in maj_k:
+                            maj_totals[k] += maj_at_k(keys, ok, k)
             for k in pass_k:
-                out[f"{prefix}/pass@{k}"] = totals[k] / len(examples)
+                out[f"{prefix}/pass@{k}"] = pass_totals[k] / len(examples)
+            for k in maj_k:
+                out[f"{prefix}/maj@{k}"] = maj_totals[k] / len(examples)
         return out

@@ -1,12 +1,17 @@
-"""Task registry: `get_task(name, params)` and `list_tasks()`.
+"""Task registry: `get_task(name, params)`, `list_tasks()` and `task_params(name)`.
 
-Built-in: arithmetic families (add, sub, mul, chain), `jsonl` (your own files) and `rg:<name>`
-(any reasoning-gym dataset). `register_task` adds more.
+Built-in: arithmetic families (add, sub, mul, chain), `jsonl` (your own files), `champ` (CHAMP
+math problems) and `rg:<name>` (any reasoning-gym dataset). `register_task` adds more.
+
+A task's params and their one-line descriptions come from the module-level ``PARAMS`` dict of
+its module ``tandem.tasks.<name>`` (``tandem.tasks.arith`` for the arithmetic families), from
+``register_task(..., params=...)``, or, for ``rg:<name>``, from the dataset's config fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 
 from tandem.errors import ConfigError
 from tandem.tasks.base import Task
@@ -29,12 +34,19 @@ def _jsonl(params: dict) -> Task:
     return JsonlTask(params)
 
 
+def _champ(params: dict) -> Task:
+    from tandem.tasks.champ import ChampTask
+
+    return ChampTask(params)
+
+
 _TASKS: dict[str, tuple[str, TaskFactory]] = {
     "add": ("add two integers; params digits, ood_digits, style", _arith("add")),
     "sub": ("subtract two integers (a >= b); params digits, ood_digits, style", _arith("sub")),
     "mul": ("multiply two integers; params digits, ood_digits, style", _arith("mul")),
     "chain": ("add three integers; params digits, ood_digits, style", _arith("chain")),
     "jsonl": ("problems from JSONL files; params path, eval_path, ood_path, verifier", _jsonl),
+    "champ": ("CHAMP competition math, math-verify scored; ood = a held-out category", _champ),
 }
 RG_ENTRY = (
     "rg:<name>",
@@ -43,11 +55,30 @@ RG_ENTRY = (
 )
 
 
-def register_task(name: str, description: str, factory: TaskFactory) -> None:
-    """Register a task `factory(params) -> Task` under `name` (must be new, no 'rg:' prefix)."""
+# params of tasks added by `register_task` (built-in tasks keep theirs in their module's PARAMS)
+_REGISTERED_PARAMS: dict[str, dict[str, str]] = {}
+RG_EXTRA_PARAMS = {
+    "ood": "dict of config overrides for the ood split (default: eval's config, other seeds)",
+    "levels": "list of config-override dicts, easiest first: the train split mixes them",
+    "traces": "true: procedural worked solutions as demonstrations (some datasets only)",
+}
+
+
+def register_task(
+    name: str,
+    description: str,
+    factory: TaskFactory,
+    params: Mapping[str, str] | None = None,
+) -> None:
+    """Register a task `factory(params) -> Task` under `name` (must be new, no 'rg:' prefix).
+
+    `params` maps each parameter name to a one-line description (shown by `tandem tasks`).
+    """
     if name in _TASKS or name.startswith("rg:"):
         raise ValueError(f"task name {name!r} is taken")
     _TASKS[name] = (description, factory)
+    if params:
+        _REGISTERED_PARAMS[name] = dict(params)
 
 
 def list_tasks() -> list[tuple[str, str]]:
@@ -67,3 +98,32 @@ def get_task(name: str, params: dict | None = None) -> Task:
         allowed = ", ".join([*_TASKS, "rg:<reasoning-gym dataset>"])
         raise ConfigError(f"task: unknown task {name!r}; allowed: {allowed}")
     return _TASKS[name][1](dict(params or {}))
+
+
+def task_params(name: str) -> dict[str, str]:
+    """{param: one-line description (with its default)} of task `name`; {} if it documents none.
+
+    For ``rg:<dataset>``: the dataset's config fields with their reasoning-gym defaults, plus
+    tandem's ``ood``, ``levels`` and ``traces``. Raises ConfigError on an unknown task.
+    """
+    if name.startswith("rg:"):
+        from tandem.tasks.rgym import _lookup, dataset_params
+
+        _lookup(name[3:])  # ConfigError naming close matches
+        fields = {k: f"default {v!r}" for k, v in dataset_params(name[3:]).items()}
+        return fields | RG_EXTRA_PARAMS
+    if name not in _TASKS:
+        allowed = ", ".join([*_TASKS, "rg:<reasoning-gym dataset>"])
+        raise ConfigError(f"task: unknown task {name!r}; allowed: {allowed}")
+    if name in _REGISTERED_PARAMS:
+        return dict(_REGISTERED_PARAMS[name])
+    from tandem.tasks.arith import FAMILIES
+
+    module = "arith" if name in FAMILIES else name
+    try:
+        mod = importlib.import_module(f"tandem.tasks.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"tandem.tasks.{module}":
+            raise
+        return {}
+    return dict(getattr(mod, "PARAMS", {}) or {})
