@@ -169,3 +169,18 @@ def test_eval_lora_run_merges_the_adapter(tmp_path):
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert doc["model_path"].endswith("adapter") and doc["results"]["add"]["eval"]["prompts"] == 2
+
+
+def test_training_logs_maj_at_k(tmp_path):
+    from tandem.report.metrics import read_metrics
+    from tandem.train.loop import train
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path, "method=sft", "steps=1", "eval.prompts=4", "eval.pass_k=[2]", "eval.maj_k=[2]"
+    )
+    train(cfg, log=lambda s: None)
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/maj@2" in r]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(0.0 <= r["eval/maj@2"] <= 1.0 and "eval/pass@2" in r for r in rows)

@@ -233,6 +233,9 @@ class EvalConfig(_Strict):
     pass_k: list[int] = Field(default_factory=list)
     """k values for pass@k (unbiased estimator), from `pass_samples` samples at temperature."""
     pass_samples: int = Field(8, ge=1)
+    maj_k: list[int] = Field(default_factory=list)
+    """k values for maj@k (majority vote over k of the same `pass_samples` samples, unbiased;
+    docs/eval.md), logged as eval/maj@k."""
     batch_size: int = Field(64, ge=1)
     """Prompts decoded together during evaluation."""
     condition: str | None = None

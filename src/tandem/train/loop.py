@@ -199,6 +199,7 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
                     eos_token_ids=st.backend.eos_ids,
                     batch_size=cfg.eval.batch_size,
                     pass_k=cfg.eval.pass_k,
+                    maj_k=cfg.eval.maj_k,
                     pass_samples=cfg.eval.pass_samples,
                     temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
                     seed=cfg.seed,
