@@ -24,6 +24,8 @@ from tandem.algo.advantages import ADVANTAGES
 from tandem.algo.controllers import CONTROLLERS
 from tandem.algo.objective import TERMS, term_needs
 from tandem.errors import ConfigError
+from tandem.rewards.compose import check_names
+from tandem.rewards.library import CHECKS
 from tandem.train.filters import FILTERS
 from tandem.train.sources import SOURCES
 
@@ -206,9 +208,13 @@ class RewardConfig(_Strict):
     run (`tandem.rewards.pool`)."""
 
     function: str | None = None
-    """A reward function of your own, `path/to/file.py:name`, called as
-    name(prompt, completion, answer) -> float in [0, 1]; it replaces the task's verifier.
+    """A reward function of your own, `path/to/file.py:name` or `package.module:name`, called
+    as name(prompt, completion, answer) -> float in [0, 1]; it replaces the task's verifier.
     Null: the task's verifier."""
+    checks: dict[str, CHECKS.union()] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """name -> reward check (`tandem.rewards.library`) with its `weight`: the reward is
+    Σ weight·value and each value is logged as reward/<name> (docs/rewards.md). Empty: the
+    task's verifier (or `function`). Not with `function`."""
     workers: int = Field(2, ge=0)
     """Worker processes; 0 scores in the trainer's process (no memory or time isolation)."""
     timeout_s: float = Field(10.0, gt=0.0)
@@ -217,6 +223,17 @@ class RewardConfig(_Strict):
     """Address-space limit of each worker."""
     on_error: Literal["zero", "drop"] = "zero"
     """An item whose scoring failed gets reward 0, or is dropped from the batch."""
+
+    @field_validator("checks")
+    @classmethod
+    def _check_names(cls, v: dict, info: Any) -> dict:
+        check_names(v)
+        if v and info.data.get("function"):
+            raise ConfigError(
+                "config error: rewards.checks: set rewards.function or rewards.checks, not "
+                "both (a function is a check: {kind: function, path: ...})"
+            )
+        return v
 
 
 class EvalConfig(_Strict):

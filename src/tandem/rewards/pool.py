@@ -2,7 +2,8 @@
 
 A `RewardPool` holds `workers` processes (`tandem.rewards.worker`); each scores one completion
 at a time with the task's verifier, or with a reward function of your own
-(`rewards.function`, `tandem.rewards.function`) in its place, under an address-space limit
+(`rewards.function`, `tandem.rewards.function`) or a weighted composition of reward checks
+(`rewards.checks`, `tandem.rewards.compose`) in its place, under an address-space limit
 (`memory_mb`, RLIMIT_AS), with its output sent to /dev/null. The trainer hands out the
 completions and waits at most `timeout_s` for each. What can go wrong, and what it counts:
 
@@ -26,6 +27,11 @@ of address space before any scoring (measured; `bench/reward_pool.py`); a fork a
 threads exist is unsafe. A fresh worker starts in about 0.1 s. Tasks reach the workers pickled;
 functions that pickle cannot name (the lambdas of the arithmetic tasks) go as code.
 
+With `rewards.checks`, the workers run every check but the reward models and send each check's
+value back (`Score.parts`); the pool then scores the reward models (`kind: model`) in the
+trainer's process, batched over the batch's completions, loaded once when the pool starts, and
+sets the total Σ weight·value (`Composition.total`), which lies in `Composition.bounds`.
+
 Nothing is left running: `close()` kills the workers (it runs at exit, and at the end of a
 ``with`` block); a worker also exits by itself when the trainer dies (kill -9 included).
 Inside its ``with`` block a pool is the active one, which `score_batch` uses by default.
@@ -47,16 +53,20 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tandem.errors import ConfigError, TandemError
+from tandem.rewards.compose import Composition, finite
 from tandem.rewards.function import check_function, load_function
 from tandem.rewards.safe import _OK, _run
 from tandem.tasks.base import Example, Score, Task
+
+if TYPE_CHECKING:
+    from tandem.rewards.library import CheckSpec
 
 COUNTS = ("errors", "timeouts", "crashes", "restarts")
 """The keys of the counts `RewardPool.score_batch` returns."""
@@ -158,8 +168,11 @@ class RewardPool:
     """Worker processes that score completions with limits (see the module docstring).
 
     Args:
-        function: `path/to/file.py:name`, a reward function that replaces the verifier;
-            None: the task's verifier (`task.score`).
+        function: `path/to/file.py:name` (or `package.module:name`), a reward function that
+            replaces the verifier; None: the task's verifier (`task.score`).
+        checks: name -> check settings (`tandem.rewards.library`), a weighted composition
+            that replaces the verifier; None or empty: the task's verifier. Not with
+            `function` (a function is a check of kind `function`).
         workers: processes; 0 scores in this process (threads with a timeout, no memory
             limit, a hung verifier keeps running: `tandem.rewards.safe`).
         timeout_s: the most one completion may take.
@@ -167,15 +180,18 @@ class RewardPool:
         on_error: "zero" (reward 0) or "drop" (a `Dropped` score).
         start_timeout_s: the most a worker may take to start or to load a task.
 
-    Raises ConfigError (one line, naming `rewards.function`) when the function cannot be
-    loaded: its file is missing or has a syntax error, raises on import, lacks the name, or the
-    name is not callable; the workers are started and ready when the constructor returns.
+    Raises ConfigError (one line, naming `rewards.function` or `rewards.checks.<name>`) when the
+    function or a check cannot be loaded: its file is missing or has a syntax error, raises on
+    import, lacks the name, or the name is not callable; a reward model's directory does not
+    load. The workers are started and ready, and reward models loaded, when the constructor
+    returns.
     """
 
     def __init__(
         self,
         function: str | None = None,
         *,
+        checks: Mapping[str, CheckSpec | dict] | None = None,
         workers: int = 2,
         timeout_s: float = 10.0,
         memory_mb: int = 2048,
@@ -184,10 +200,20 @@ class RewardPool:
     ) -> None:
         if on_error not in ("zero", "drop"):
             raise ConfigError(f"rewards.on_error: must be zero or drop, got {on_error!r}")
+        if function and checks:
+            raise ConfigError(
+                "rewards.function: set rewards.function or rewards.checks, not both (a function "
+                "is a check: {kind: function, path: ...})"
+            )
         self.function = check_function(function) if function else None
+        self.checks = Composition(checks) if checks else None
         self.n_workers, self.timeout_s, self.memory_mb = workers, timeout_s, memory_mb
         self.on_error, self.start_timeout_s = on_error, start_timeout_s
         self._fn = load_function(self.function) if self.function and not workers else None
+        if self.checks is not None:
+            self.checks.check_settings()
+            here = self.checks.trainer_names()
+            self.checks.build(here if workers else [*here, *self.checks.worker_names()])
         self._owner = os.getpid()
         self._tasks: dict[int, tuple[Task, bytes]] = {}
         self._workers: list[_Worker] = []
@@ -208,6 +234,7 @@ class RewardPool:
         """The pool of a run's `rewards` block (`tandem.config.RewardConfig`)."""
         return cls(
             cfg.function,
+            checks=cfg.checks or None,
             workers=cfg.workers,
             timeout_s=cfg.timeout_s,
             memory_mb=cfg.memory_mb,
@@ -217,6 +244,8 @@ class RewardPool:
     def describe(self) -> str:
         """One line for the run's log."""
         what = f"function {self.function}" if self.function else "the task's verifier"
+        if self.checks is not None:
+            what = self.checks.describe()
         if not self.n_workers:
             return f"rewards: {what} in the trainer's process (timeout {self.timeout_s:g} s)"
         return (
@@ -249,8 +278,10 @@ class RewardPool:
     def _score(self, task, examples, completions) -> tuple[list[Score], dict[str, int]]:
         counts = dict.fromkeys(COUNTS, 0)
         if not self.n_workers:
-            return self._score_here(task, examples, completions, counts), counts
-        key = None if self.function else self._task_key(task)
+            out = self._score_here(task, examples, completions, counts)
+            return self._trainer_parts(examples, completions, out, counts), counts
+        needs_task = self.checks.needs_task if self.checks is not None else not self.function
+        key = self._task_key(task) if needs_task else None
         out: list[Score | None] = [None] * len(examples)
         todo = deque(range(len(examples)))
         batch = (key, examples, completions, out, counts)
@@ -268,7 +299,17 @@ class RewardPool:
                     self._receive(w, batch)
                 elif time.monotonic() >= w.deadline:
                     self._expire(w, batch)
-        return out, counts  # type: ignore[return-value]
+        return self._trainer_parts(examples, completions, out, counts), counts  # type: ignore[arg-type]
+
+    def _trainer_parts(self, examples, completions, out: list[Score], counts) -> list[Score]:
+        """The checks that run in this process (reward models), on the completions whose
+        worker-side checks succeeded; a failure there is that completion's error."""
+        if self.checks is None or not self.checks.trainer_names():
+            return out
+        for i in self.checks.add_trainer_parts(examples, completions, out):
+            counts["errors"] += 1
+            out[i] = self._failed(out[i].reason)
+        return out
 
     def _failed(self, reason: str) -> Score:
         return Dropped(0.0, reason) if self.on_error == "drop" else Score(0.0, reason)
@@ -276,7 +317,9 @@ class RewardPool:
     def _score_here(self, task, examples, completions, counts) -> list[Score]:
         scores = []
         for example, completion in zip(examples, completions):
-            score, kind = _run(task, example, completion, self.timeout_s, fn=self._fn)
+            score, kind = _run(
+                task, example, completion, self.timeout_s, fn=self._fn, checks=self.checks
+            )
             if kind != _OK:
                 counts[kind] += 1
                 score = self._failed(score.reason)
@@ -357,12 +400,13 @@ class RewardPool:
         else:
             ok = (
                 isinstance(msg, tuple)
-                and len(msg) == 5
+                and len(msg) == 6
                 and msg[:2] == ("result", w.item)
                 and msg[2] in (_OK, "errors", "crashes")
-                and type(msg[3]) is float
-                and 0.0 <= msg[3] <= 1.0
+                and finite(msg[3])
+                and self._low <= msg[3] <= self._high
                 and isinstance(msg[4], str)
+                and self._usable_parts(msg[5], msg[2])
             )
             if not ok:
                 shown = " ".join(repr(msg).split())[:80]
@@ -371,11 +415,30 @@ class RewardPool:
                 self._fail(w, batch, "crashes", msg[4])
             else:
                 if msg[2] == _OK:
-                    out[w.item] = Score(msg[3], msg[4])
+                    out[w.item] = Score(msg[3], msg[4], msg[5])
                 else:
                     counts["errors"] += 1
                     out[w.item] = self._failed(msg[4])
                 w.state, w.item = "idle", None
+
+    def _usable_parts(self, parts: Any, kind: str) -> bool:
+        """A worker's `parts`: a value for each worker-side check of a scored completion, None
+        without checks or for a completion that failed."""
+        if self.checks is None or kind != _OK:
+            return parts is None
+        return (
+            isinstance(parts, dict)
+            and sorted(parts) == sorted(self.checks.worker_names())
+            and all(finite(v) for v in parts.values())
+        )
+
+    @property
+    def _low(self) -> float:
+        return self.checks.bounds()[0] - 1e-9 if self.checks is not None else 0.0
+
+    @property
+    def _high(self) -> float:
+        return self.checks.bounds()[1] + 1e-9 if self.checks is not None else 1.0
 
     def _expire(self, w: _Worker, batch) -> None:
         if w.state == "busy":
@@ -398,6 +461,7 @@ class RewardPool:
             "memory_mb": self.memory_mb,
             "parent": os.getpid(),
             "function": self.function,
+            "checks": self.checks.worker_json() if self.checks is not None else None,
             # the kernel kills the worker when the thread that started it ends: only safe
             # for the main thread, which ends with the process
             "pdeathsig": threading.current_thread() is threading.main_thread(),

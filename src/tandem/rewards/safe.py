@@ -2,11 +2,14 @@
 
 `score_one` is the verdict on one completion, whoever runs it (the trainer or a reward
 worker, `tandem.rewards.pool`): the task's verifier, or a reward function of your own
-(`tandem.rewards.function`) in its place.
+(`tandem.rewards.function`) in its place, or a composition of reward checks
+(`rewards.checks`, `tandem.rewards.compose`).
 
 * the verifier or function raises -> ``Score(0.0, "error: <ExcType>: msg")``
 * a verifier's reward is clamped to [0, 1] (NaN -> 0); a function's must already be in it
   (`check_reward`), otherwise ``Score(0.0, "error: reward function returned ...")``.
+* a composition's total is Σ weight·value and is not clamped: each check's value must lie in
+  its kind's range, otherwise ``Score(0.0, "error: check <name>: ...")``.
 
 In the trainer's process (`safe_score`, and `score_batch` without a pool), each call runs in a
 daemon thread and is waited for at most `timeout_s` (-> ``Score(0.0, "timeout")``). A Python
@@ -23,10 +26,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tandem.rewards.compose import CheckFailed
 from tandem.rewards.function import BadReward, check_reward
 from tandem.tasks.base import Example, Score, Task
 
 if TYPE_CHECKING:
+    from tandem.rewards.compose import Composition
     from tandem.rewards.pool import RewardPool
 
 _ERROR, _TIMEOUT, _OK = "errors", "timeouts", "ok"
@@ -48,14 +53,21 @@ def _error(exc: BaseException) -> Score:
 
 
 def score_one(
-    task: Task | None, fn: RewardFn | None, example: Example, completion: str
+    task: Task | None,
+    fn: RewardFn | None,
+    example: Example,
+    completion: str,
+    checks: Composition | None = None,
 ) -> tuple[Score, str]:
-    """The verdict on one completion and its kind ("ok" or "errors"): `fn(prompt, completion,
-    answer)` when a reward function is given, else `task.score(example, completion)`.
+    """The verdict on one completion and its kind ("ok" or "errors"): the worker-side checks
+    of a composition when `checks` is given, else `fn(prompt, completion, answer)` when a
+    reward function is given, else `task.score(example, completion)`.
 
     Catches every Exception but MemoryError, which a reward worker treats as its own death.
     """
     try:
+        if checks is not None:
+            return checks.score(task, example, completion), _OK
         if fn is not None:
             reward = check_reward(fn(example.prompt, completion, example.answer))
             return Score(reward, "reward function"), _OK
@@ -64,6 +76,8 @@ def score_one(
         raise
     except BadReward as exc:
         return Score(0.0, f"error: reward function {exc}"), _ERROR
+    except CheckFailed as exc:
+        return Score(0.0, f"error: {exc}"), _ERROR
     except Exception as exc:  # isolate anything the verifier raises
         return _error(exc), _ERROR
     try:
@@ -78,12 +92,13 @@ def _run(
     completion: str,
     timeout_s: float | None,
     fn: RewardFn | None = None,
+    checks: Composition | None = None,
 ) -> tuple[Score, str]:
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["out"] = score_one(task, fn, example, completion)
+            box["out"] = score_one(task, fn, example, completion, checks)
         except Exception as exc:  # MemoryError: in the trainer's process, only an error
             box["out"] = _error(exc), _ERROR
 

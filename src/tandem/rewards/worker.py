@@ -1,14 +1,16 @@
 """A reward worker process: ``python -m tandem.rewards.worker FD SETTINGS_JSON``, started by
-`tandem.rewards.pool.RewardPool` (settings: memory_mb, parent, pdeathsig, function).
+`tandem.rewards.pool.RewardPool` (settings: memory_mb, parent, pdeathsig, function, checks).
 
 It sends its output to /dev/null (a reward that prints megabytes floods nothing), limits its
 address space to memory_mb (RLIMIT_AS), exits when the trainer is gone (its parent pid changes,
-the socket reaches EOF, or with pdeathsig the kernel kills it), loads the reward function if one
-is given, then answers on the socket FD, one message at a time:
+the socket reaches EOF, or with pdeathsig the kernel kills it), loads the reward function or the
+worker-side reward checks (`rewards.checks`, their settings as JSON) if given, then answers on
+the socket FD, one message at a time:
 
     ("task", key, blob)                 -> ("loaded", key, None | "ExcType: msg")
-    ("score", key, i, example, text)    -> ("result", i, kind, reward, reason)
+    ("score", key, i, example, text)    -> ("result", i, kind, reward, reason, parts)
 
+`parts` is the checks' values by name (`Score.parts`), or None without checks.
 `kind` is "ok", "errors" or "crashes" (a MemoryError: the worker reports it and exits, as its
 state may be broken). Its first message is ("ready",), or ("fatal", msg) when the function
 cannot be loaded or the worker starts already over its memory limit.
@@ -26,6 +28,7 @@ import time
 from multiprocessing.connection import Connection
 
 from tandem.errors import ConfigError
+from tandem.rewards.compose import Composition
 from tandem.rewards.function import load_function
 from tandem.rewards.safe import score_one
 
@@ -88,16 +91,20 @@ def main(argv: list[str]) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    fn = None
-    if function is not None:
-        try:
+    fn = checks = None
+    what = function or "the reward checks"
+    try:
+        if function is not None:
             fn = load_function(function)
-        except ConfigError as exc:
-            conn.send(("fatal", str(exc)))
-            return
-        except MemoryError:
-            conn.send(("fatal", f"rewards.memory_mb: loading {function} needs over {memory_mb}"))
-            return
+        if settings.get("checks") is not None:  # {} when every check runs in the trainer
+            checks = Composition(settings["checks"])
+            checks.build(checks.worker_names())
+    except ConfigError as exc:
+        conn.send(("fatal", str(exc)))
+        return
+    except MemoryError:
+        conn.send(("fatal", f"rewards.memory_mb: loading {what} needs over {memory_mb}"))
+        return
     conn.send(("ready",))
     tasks: dict[int, object] = {}
     while True:
@@ -118,13 +125,15 @@ def main(argv: list[str]) -> None:
             continue
         _, key, i, example, completion = msg
         try:
-            score, kind = score_one(tasks.get(key), fn, example, completion)
+            score, kind = score_one(tasks.get(key), fn, example, completion, checks)
         except MemoryError:
             del msg, example, completion  # room to answer in
             reason = f"crash: MemoryError (rewards.memory_mb = {memory_mb})"
-            conn.send(("result", i, "crashes", 0.0, reason))
+            conn.send(("result", i, "crashes", 0.0, reason, None))
             os._exit(1)
-        conn.send(("result", i, kind, score.reward, str(score.reason)[:200]))
+        parts = None if score.parts is None else {k: float(v) for k, v in score.parts.items()}
+        reward = float(score.reward)
+        conn.send(("result", i, kind, reward, str(score.reason)[:200], parts))
 
 
 if __name__ == "__main__":

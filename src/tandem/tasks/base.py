@@ -48,10 +48,15 @@ class Score:
 
     Reasons used by tandem: "correct", "wrong: got 12", "partial: 0.50", "no answer found",
     "error: <ExcType>: msg", "timeout".
+
+    `parts` is set by a composition of reward checks (`rewards.checks`,
+    `tandem.rewards.compose`): each check's own value by name; `reward` is then
+    Σ weight·part, which may lie outside [0, 1]. None for a single verifier or function.
     """
 
     reward: float
     reason: str
+    parts: Mapping[str, float] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -34,7 +34,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
@@ -45,6 +45,7 @@ from tandem.encode import Encoder
 from tandem.errors import TandemError
 from tandem.experience import Item, Span
 from tandem.registry import Registry, Spec
+from tandem.rewards.compose import part_means
 from tandem.rewards.pool import dropped as _dropped
 from tandem.tasks.base import Example, Score, Task
 from tandem.train import pruning as _pruning  # noqa: F401  (registers uds, donod)
@@ -243,7 +244,8 @@ class Source:
         counts = {**counts, "dropped": sum(map(_dropped, scores))}
         self.observe(exs, [s.reward for s in scores], env.step)
         rewards = [s.reward for s in scores]
-        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0) | self.selected
+        m = _score_metrics(rewards, counts, Rollout(comps, logps, fins), t0, scores)
+        m |= self.selected
         items = []
         for i, (ex, pre, c) in enumerate(zip(exs, prefixes, comps)):
             spans = [Span(enc.prompt(ex), "prompt")]
@@ -280,9 +282,14 @@ def _temperature(env: DrawEnv, setting: float | str | None) -> float:
 
 
 def _score_metrics(
-    rewards: list[float], counts: dict[str, int], out: Rollout, t0: float
+    rewards: list[float],
+    counts: dict[str, int],
+    out: Rollout,
+    t0: float,
+    scores: Sequence[Score] = (),
 ) -> dict[str, float]:
-    """The standard rollout metrics (docs/METRICS.md)."""
+    """The standard rollout metrics (docs/METRICS.md); with `scores`, also the mean of each
+    reward check of `rewards.checks` as reward/<name> (`tandem.rewards.compose.part_means`)."""
     m: dict[str, float] = {}
     dt = time.perf_counter() - t0
     n_new = sum(len(c) for c in out.completions)
@@ -294,6 +301,7 @@ def _score_metrics(
     m["reward/std"] = r.std().item() if len(r) > 1 else 0.0
     m["reward/errors"] = float(counts["errors"])
     m["reward/timeouts"] = float(counts["timeouts"])
+    m |= part_means(scores)
     for key in ("crashes", "restarts", "dropped"):  # reward workers (`tandem.rewards.pool`)
         m[f"reward/{key}"] = float(counts.get(key, 0))
     lens = torch.tensor([len(c) for c in out.completions], dtype=torch.float32)
@@ -380,6 +388,7 @@ class Rollouts(Source):
         counts = dict.fromkeys(("errors", "timeouts", "crashes", "restarts", "dropped"), 0)
         draws = n_informative = 0
         demo_means: list[float] = []
+        all_scores: list[Score] = []
         dropped_demos = 0.0
         m: dict[str, float] = {}
         while True:
@@ -390,6 +399,7 @@ class Rollouts(Source):
             for key in counts:
                 counts[key] += c.get(key, 0)
             demo_means += dm.get("demo_means", [])
+            all_scores += dm.get("scores", [])
             dropped_demos += sum(dm.get("demos_dropped", []))
             if want is None:
                 items = got
@@ -404,7 +414,7 @@ class Rollouts(Source):
             [lp for o in outs for lp in o.logprobs],
             [f for o in outs for f in o.finished],
         )
-        m |= _score_metrics(rewards, counts, all_out, t0)
+        m |= _score_metrics(rewards, counts, all_out, t0, all_scores)
         m |= self.selected
         if demo_means:
             m["reward/demo_mean"] = sum(demo_means) / len(demo_means)
@@ -471,6 +481,7 @@ class Rollouts(Source):
             if not _dropped(scores[i])  # on_error: drop (tandem.rewards.pool)
         ]
         counts = {**counts, "dropped": sum(map(_dropped, scores))}
+        m["scores"] = scores  # for reward/<name> over the draws
         if spec.demos:
             demo_exs = [ex for ex in prompts for _ in range(spec.demos)]
             demo_scores, _ = env.score(demo_exs, [ex.solution or "" for ex in demo_exs])
@@ -970,7 +981,7 @@ class Pairs(Source):
             )
             rejected, logps, role = out.completions, [None] * len(exs), "demo"
             scores, counts = env.score(exs, [enc.decode(c) for c in rejected])
-            m = _score_metrics([s.reward for s in scores], counts, out, t0)
+            m = _score_metrics([s.reward for s in scores], counts, out, t0, scores)
             m = {
                 ("opponent/" + k.split("/", 1)[1]) if k.startswith("reward/") else k: v
                 for k, v in m.items()
@@ -998,7 +1009,7 @@ class Pairs(Source):
         scores, counts = env.score(exs, [enc.decode(c) for c in out.completions])
         self.observe(exs, [s.reward for s in scores], env.step)
         rewards = [s.reward for s in scores]
-        m = _score_metrics(rewards, counts, out, t0)
+        m = _score_metrics(rewards, counts, out, t0, scores)
         m |= self.selected
         items, n = [], 0
         for g in range(len(prompts)):
@@ -1083,7 +1094,7 @@ class SelfVerified(Source):
         )
         scores, counts = env.score(exs, [enc.decode(c) for c in out.completions])
         self.observe(exs, [s.reward for s in scores], env.step)
-        m = _score_metrics([s.reward for s in scores], counts, out, t0)
+        m = _score_metrics([s.reward for s in scores], counts, out, t0, scores)
         m |= self.selected
         items: list[Item] = []
         solved: set[int] = set()
