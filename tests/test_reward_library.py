@@ -332,3 +332,21 @@ def test_run_logs_each_check_and_the_weighted_total(tmp_path):
     # random-init completions of up to 4 characters: some run past 1 character
     assert min(r["reward/short"] for r in rows) < 0
     assert not math.isnan(rows[-1]["reward/mean"])
+
+
+def test_evaluation_scores_correctness_not_the_checks(warm_tiny, tmp_path):
+    """With rewards.checks, eval/accuracy is still the task's verifier (the share correct): the
+    same as a run without checks, where the checks' total alone would be <= 0 here."""
+    from tandem.train.loop import train
+
+    common = [f"model.name={warm_tiny}", "method=grpo", "steps=1", "eval.prompts=16"]
+    train(tiny_config(tmp_path / "plain", *common), log=lambda s: None)
+    checks = ["rewards.checks.short.kind=length", "rewards.checks.short.max_chars=1"]
+    train(tiny_config(tmp_path / "checks", *common, *checks), log=lambda s: None)
+
+    def acc(run):
+        return [r["eval/accuracy"] for r in read_metrics(tmp_path / run / "metrics.jsonl")
+                if "eval/accuracy" in r]  # fmt: skip
+
+    assert acc("plain")[0] > 0
+    assert acc("checks")[0] == acc("plain")[0]

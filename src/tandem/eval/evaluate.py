@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +37,9 @@ from tandem.model.sampler import keep_packed, sample
 from tandem.rewards.safe import score_batch
 from tandem.tasks.answers import vote_answer
 from tandem.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from tandem.rewards.pool import RewardPool
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -123,11 +127,15 @@ def evaluate(
     ctx: Callable = None,
     prefix: str = "eval",
     maj_k: list[int] = (),
+    pool: RewardPool | None = None,
 ) -> dict[str, float]:
     """Return `{prefix}/accuracy`, `{prefix}/len_mean`, `{prefix}/pass@k` for each k in
     `pass_k` and `{prefix}/maj@k` for each k in `maj_k` (see module docstring).
 
     The weights are packed for the sampler once for the whole evaluation (`keep_packed`).
+    Completions are scored by `pool` (default: the active one, `tandem.rewards.safe`); a run
+    with `rewards.checks` passes one that scores with the task's verifier, so that accuracy
+    keeps meaning "correct".
     """
     if not examples:
         return {}
@@ -148,7 +156,9 @@ def evaluate(
                     pad_token_id=encoder.pad_id,
                     generator=torch.Generator().manual_seed(seed),
                 )
-            scores, _ = score_batch(task, chunk, [encoder.decode(c) for c in res.completions])
+            scores, _ = score_batch(
+                task, chunk, [encoder.decode(c) for c in res.completions], pool=pool
+            )
             rewards += [s.reward for s in scores]
             lengths += [len(c) for c in res.completions]
         out[f"{prefix}/accuracy"] = sum(rewards) / len(rewards)
@@ -174,7 +184,7 @@ def evaluate(
                         generator=torch.Generator().manual_seed(seed + 1 + i),
                     )
                 texts = [encoder.decode(c) for c in res.completions]
-                scores, _ = score_batch(task, rep, texts)
+                scores, _ = score_batch(task, rep, texts, pool=pool)
                 for j, ex in enumerate(chunk):
                     ok = [float(s.reward >= 0.5) for s in scores[j * n : (j + 1) * n]]
                     c = int(sum(ok))

@@ -205,6 +205,7 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
                     seed=cfg.seed,
                     ctx=lambda: _no_grad(st.backend.autocast()),
                     prefix=prefix,
+                    pool=st.eval_pool,
                 )
             )
     out["perf/eval_s"] = time.perf_counter() - t0
@@ -376,6 +377,13 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
         }
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, wandb=wandb)
     closing.callback(writer.close)
+    if cfg.rewards.checks:  # evaluation scores correctness: the task's verifier, not the checks
+        st.eval_pool = RewardPool(
+            workers=cfg.rewards.workers,
+            timeout_s=cfg.rewards.timeout_s,
+            memory_mb=cfg.rewards.memory_mb,
+        )
+        closing.callback(st.eval_pool.close)
     if ckpt is not None:
         start = _restore(st, ckpt)
         writer.truncate_after(start)

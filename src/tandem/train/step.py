@@ -59,6 +59,8 @@ class RunState:
     value_head: Any = None
     ref_step: int | None = None
     """The step at which the reference was last set from the policy (None: initial model)."""
+    eval_pool: Any = None
+    """The reward pool evaluation scores with (None: the run's, `rewards.*`)."""
     last_items: list = field(default_factory=list)
     """The items the last step trained on (sample completions are logged from them)."""
 
