@@ -3,6 +3,9 @@
 Each non-blank line is an object ``{"prompt": str, "answer": str, "solution"?: str,
 "wrong"?: [str, ...], "id"?: str}``; a numeric answer (``42``) is accepted and turned into text;
 any other keys go to ``Example.meta``. A malformed line raises `DataError` "FILE:LINE: problem".
+The row logic is the `dataset` task's (`tandem.tasks.dataset.parse_row`), restricted to these
+fields; use task `dataset` for chat messages, preference pairs, labeled completions, a field
+mapping or skipping bad rows.
 
 Params: ``path`` (required), ``eval_path``, ``ood_path``, ``verifier`` ("exact" default,
 "number" = last number, "math" = math-verify equivalence).
@@ -15,14 +18,19 @@ without it, each prompt goes to train or eval by a stable hash of its text (abou
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
-from typing import Any
 
 from tandem.errors import ConfigError, DataError
 from tandem.rewards.verifiers import VERIFIERS
-from tandem.tasks.base import Example, Score, Split, check_params, check_split, is_eval_key
+from tandem.tasks.base import Example, Score, Split, check_params
+from tandem.tasks.dataset import (
+    draw,
+    make_schema,
+    parse_row,
+    read_jsonl,
+    split_pools,
+    verifier_of,
+)
 
 PARAMS = {
     "path": "JSONL file of problems (required)",
@@ -31,25 +39,8 @@ PARAMS = {
     "verifier": f"one of {list(VERIFIERS)}, default 'exact'",
 }
 
-
-def _check_line(where: str, record: Any) -> None:
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for key in ("prompt", "answer"):
-        if key not in record:
-            raise DataError(f"{where}: missing required field {key!r}")
-    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        raise DataError(f"{where}: field 'prompt' must be a non-empty string")
-    answer = record["answer"]
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        raise DataError(f"{where}: field 'answer' must be a string or a number")
-    if record.get("solution") is not None and not isinstance(record["solution"], str):
-        raise DataError(f"{where}: field 'solution' must be a string")
-    wrong = record.get("wrong", [])
-    if not isinstance(wrong, list) or not all(isinstance(w, str) for w in wrong):
-        raise DataError(f"{where}: field 'wrong' must be a list of strings")
-    if "id" in record and not isinstance(record["id"], str | int):
-        raise DataError(f"{where}: field 'id' must be a string or an integer")
+# The row logic of the `dataset` task restricted to this task's fields, with an answer required.
+_SCHEMA = make_schema(None, chat=False, required=("prompt", "answer"))
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -58,27 +49,10 @@ def load_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise ConfigError(f"task.params: file not found: {path}")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            _check_line(where, record)
-            known = {"id", "prompt", "answer", "solution", "wrong"}
-            out.append(
-                Example(
-                    id=str(record.get("id", f"{path.name}:{lineno}")),
-                    prompt=record["prompt"],
-                    answer=str(record["answer"]),
-                    solution=record.get("solution"),
-                    wrong=tuple(record.get("wrong", [])),
-                    meta={k: v for k, v in record.items() if k not in known},
-                )
-            )
+    for where, record, default_id in read_jsonl(path):
+        if isinstance(record, DataError):
+            raise record
+        out.append(parse_row(record, _SCHEMA, where, default_id).example)
     if not out:
         raise DataError(f"{path}: no examples (file is empty)")
     return out
@@ -93,35 +67,16 @@ class JsonlTask:
         params = check_params("jsonl", params, PARAMS)
         if "path" not in params:
             raise ConfigError("task.params.path: required for task 'jsonl' (a JSONL file)")
-        verifier = params.get("verifier", "exact")
-        if verifier not in VERIFIERS:
-            raise ConfigError(
-                f"task.params.verifier: must be one of {list(VERIFIERS)}, got {verifier!r}"
-            )
-        self.verifier = VERIFIERS[verifier]
+        verifier, self.verifier = verifier_of(params)
         self.description = f"problems from {params['path']} ({verifier} verifier)"
         main = load_jsonl(params["path"])
-        if params.get("eval_path"):
-            eval_pool = load_jsonl(params["eval_path"])
-            eval_prompts = {ex.prompt for ex in eval_pool}
-            train = [ex for ex in main if ex.prompt not in eval_prompts]
-        else:
-            train = [ex for ex in main if not is_eval_key(ex.prompt)]
-            eval_pool = [ex for ex in main if is_eval_key(ex.prompt)]
-        ood = load_jsonl(params["ood_path"]) if params.get("ood_path") else eval_pool
-        self.pools: dict[str, list[Example]] = {"train": train, "eval": eval_pool, "ood": ood}
+        eval_pool = load_jsonl(params["eval_path"]) if params.get("eval_path") else None
+        ood = load_jsonl(params["ood_path"]) if params.get("ood_path") else None
+        self.pools: dict[str, list[Example]] = split_pools(main, eval_pool, ood)
 
     def examples(self, split: Split, n: int, seed: int = 0) -> list[Example]:
         """`n` examples of `split`, shuffled by `seed`, repeating the pool when needed."""
-        check_split(split, n)
-        pool = self.pools[split]
-        if n and not pool:
-            raise DataError(f"jsonl: the {split} split is empty (too few lines in the file?)")
-        rng = random.Random(f"tandem.jsonl:{split}:{seed}")
-        out: list[Example] = []
-        while len(out) < n:
-            out += rng.sample(pool, len(pool))
-        return out[:n]
+        return draw(self.pools, "jsonl", split, n, seed)
 
     def score(self, example: Example, completion: str) -> Score:
         """Apply the configured verifier to `completion` and the example's answer."""

@@ -34,6 +34,12 @@ def _jsonl(params: dict) -> Task:
     return JsonlTask(params)
 
 
+def _dataset(params: dict) -> Task:
+    from tandem.tasks.dataset import DatasetTask
+
+    return DatasetTask(params)
+
+
 def _champ(params: dict) -> Task:
     from tandem.tasks.champ import ChampTask
 
@@ -46,6 +52,11 @@ _TASKS: dict[str, tuple[str, TaskFactory]] = {
     "mul": ("multiply two integers; params digits, ood_digits, style", _arith("mul")),
     "chain": ("add three integers; params digits, ood_digits, style", _arith("chain")),
     "jsonl": ("problems from JSONL files; params path, eval_path, ood_path, verifier", _jsonl),
+    "dataset": (
+        "local datasets (saved dir, parquet, arrow, CSV, JSON, JSONL): problems, demos, "
+        "pairs, labeled, chat; params path, fields, split, verifier, on_bad_row (docs/data.md)",
+        _dataset,
+    ),
     "champ": ("CHAMP competition math, math-verify scored; ood = a held-out category", _champ),
 }
 RG_ENTRY = (
