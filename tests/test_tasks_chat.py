@@ -34,3 +34,39 @@ def test_render_completion():
     tok = PlainTok()
     tok.eos_token = None
     assert render_completion(tok, "68") == "68"
+
+
+def test_a_rows_own_system_message_and_history_reach_the_prompt(tmp_path):
+    """Task `dataset` keeps a chat row's system turn and (multi_turn: last_turn) its earlier
+    turns in meta; the encoder renders them through the chat template before the user turn."""
+    import json
+
+    from tandem.encode import Encoder
+    from tandem.model.tiny import build_tiny_tokenizer
+    from tandem.tasks import get_task
+
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "and 2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("dataset", {"path": str(path), "multi_turn": "last_turn"})
+    exs = {ex.solution: ex for split in ("train", "eval") for ex in task.pools[split]}
+    tok = build_tiny_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    enc = Encoder(tok, system_prompt="Run default.")
+    text = tok.decode(enc.prompt(exs["4"]))
+    assert text == "<system>Be brief.\n<user>1+1?\n<assistant>2\n<user>and 2+2?\n<assistant>"
+    assert tok.decode(enc.prompt(exs["6"])) == "<system>Run default.\n<user>3+3?\n<assistant>"

@@ -58,7 +58,9 @@ class Encoder:
         ids = self._cache.get(key)
         if ids is None:
             question = ex.prompt if self.prior is None else self.prior.format(prompt=ex.prompt)
-            text = render_prompt(self.tok, question, self.system)
+            # a row's own system message and earlier turns (task `dataset`) over the run's
+            system = ex.meta.get("system") or self.system
+            text = render_prompt(self.tok, question, system, ex.meta.get("history"))
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             self._cache[key] = ids
         return ids

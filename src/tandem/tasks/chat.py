@@ -5,15 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
-def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+def render_prompt(
+    tokenizer: Any, prompt: str, system: str | None = None, history: list[dict] | None = None
+) -> str:
     """The text the model is conditioned on for `prompt`.
 
-    With a chat template (``tokenizer.chat_template`` set): the rendered [system,] user turn plus
+    With a chat template (``tokenizer.chat_template`` set): the rendered [system,] earlier turns
+    (`history`: ``{"role", "content"}`` messages of a multi-turn row), then the user turn plus
     the assistant generation prompt. Without one (base / tiny models): `prompt` unchanged
-    (`system` is then ignored: such models have no notion of a system message).
+    (`system` and `history` are then ignored: such models have no notion of turns).
     """
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": m["role"], "content": m["content"]} for m in history or ()]
         messages.append({"role": "user", "content": prompt})
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return prompt
