@@ -353,3 +353,26 @@ def test_short_sft_dpo_kto_runs_on_parquet(tmp_path):
     ]
     losses = run_losses(tmp_path, "kto", labeled, "method=kto")
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_kto_on_unpaired_labels_with_one_kind_per_prompt(tmp_path):
+    """pairs mode 'labeled': every labeled completion on its own, so prompts with only an
+    undesirable completion train too and the desirable / undesirable counts differ."""
+    sums = [(a, b) for a in range(10) for b in range(10)]
+    rows = [  # a third of the prompts have only a wrong completion, the rest only a right one
+        {"prompt": f"{a}+{b}=", "completion": str(a + b + (i % 3 == 0)), "label": i % 3 != 0}
+        for i, (a, b) in enumerate(sums)
+    ]
+    losses = run_losses(
+        tmp_path, "kto-labeled", rows, "method=kto", "objective.sources.pairs.mode=labeled"
+    )
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    m = [
+        r for r in read_metrics(tmp_path / "run-kto-labeled" / "metrics.jsonl") if "loss/total" in r
+    ]
+    for r in m:
+        assert r["pairs/undesirable"] > 0 and r["pairs/desirable"] > r["pairs/undesirable"]
+    with pytest.raises(ConfigError, match="mode 'labeled'"):
+        run_losses(
+            tmp_path, "dpo-labeled", rows, "method=dpo", "objective.sources.pairs.mode=labeled"
+        )

@@ -505,6 +505,19 @@ def check_objective(obj: ObjectiveConfig, where: str, sizes: dict[str, Any]) -> 
             if ref not in ctls:
                 fail(f"terms.{name}.{field}", f"{ref!r} is not a controller; controllers: {ctls}")
         needs |= term_needs(t)
+        if TERMS.get(t.kind).level == "pair":
+            labeled = [
+                s
+                for s in t.sources
+                if obj.sources[s].kind == "pairs"
+                and getattr(obj.sources[s], "mode", "") == "labeled"
+            ]
+            if labeled:
+                fail(
+                    f"terms.{name}.sources",
+                    f"{t.kind} trains on pairs, and source {labeled[0]!r} has mode 'labeled' "
+                    "(single responses, for kto); use mode data, online or self_play",
+                )
     if "adv" in needs and obj.advantage is None:
         fail("advantage", f"the terms need advantages; set one of {', '.join(ADVANTAGES.names())}")
     if "returns" in needs and (

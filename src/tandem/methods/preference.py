@@ -103,7 +103,9 @@ def kto() -> dict:
     all responses of the batch. z_0 = max(0, mean of Δ over the batch) under the policy before
     the update, detached, computed once per batch (a no-grad forward). The responses are the
     `pairs` source's rows used one by one (the gold solution desirable, the wrong one
-    undesirable), so n_D = n_U; a task with labelled single responses would feed them directly.
+    undesirable), so n_D = n_U; labelled single responses (task `dataset` with `completion` and
+    `label` columns) train one by one with `objective.sources.pairs.mode=labeled`, where a
+    prompt may have only one kind and n_D ≠ n_U (TRL then asks λ_D·n_D / (λ_U·n_U) in [1, 4/3]).
     Deviation: TRL estimates z_0 on mismatched (x, y') pairs of the batch (another prompt's
     response); here on the matched responses themselves, the same KL estimate without the
     extra forward of shuffled pairs.

@@ -937,10 +937,13 @@ def _mean(xs: list[float]) -> float:
 class PairsSpec(SourceSpec):
     """Preference pairs (chosen, rejected) for DPO, IPO, SimPO, ORPO and SPIN."""
 
-    mode: Literal["data", "online", "self_play"] = "data"
+    mode: Literal["data", "online", "self_play", "labeled"] = "data"
     """data: gold solution vs one of the task's wrong solutions; online: the best vs the worst
     of samples_per_prompt own samples, ranked by the verifier (groups with all-equal rewards
-    give no pair); self_play: gold solution vs a sample of the reference model (SPIN)."""
+    give no pair); self_play: gold solution vs a sample of the reference model (SPIN);
+    labeled: no pairs, every labeled completion of pairs_per_step prompts on its own (the gold
+    solution desirable, each wrong one undesirable: KTO's unpaired data, where a prompt may
+    have only one kind and the counts differ; for terms on single responses, `kto`)."""
 
 
 @SOURCES.register("pairs", PairsSpec, "preference pairs: data, online or self_play (SPIN)")
@@ -948,7 +951,7 @@ class Pairs(Source):
     default_stream = "demos"
 
     def __init__(self, name, spec, pools, seed):
-        if spec.mode == "online" and spec.stream is None:
+        if spec.mode in ("online", "labeled") and spec.stream is None:
             spec = spec.model_copy(update={"stream": "train"})
         super().__init__(name, spec, pools, seed)
         self.needs_reference = spec.mode == "self_play"
@@ -962,6 +965,8 @@ class Pairs(Source):
         mode = self.spec.mode
         if mode == "online":
             return self._online(env)
+        if mode == "labeled":
+            return self._labeled(env)
         sz, enc = env.sizes, env.encoder
         exs = self.take(sz.pairs_per_step, env.step, env)
         if mode == "data":
@@ -997,6 +1002,17 @@ class Pairs(Source):
             )
         m["pairs/count"] = float(len(exs))
         return items, m
+
+    def _labeled(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
+        enc, items = env.encoder, []
+        for ex in self.take(env.sizes.pairs_per_step, env.step, env):
+            p = enc.prompt(ex)
+            if ex.solution is not None:
+                items.append(Item.of(p, enc.demo(ex), "demo", self.name, chosen=True, example=ex))
+            for w in ex.wrong:
+                items.append(Item.of(p, enc.text(w), "demo", self.name, chosen=False, example=ex))
+        n_d = sum(it.chosen for it in items)
+        return items, {"pairs/desirable": float(n_d), "pairs/undesirable": len(items) - n_d}
 
     def _online(self, env: DrawEnv) -> tuple[list[Item], dict[str, float]]:
         t0 = time.perf_counter()
