@@ -127,3 +127,22 @@ def test_token_choice_follows_the_distribution(temperature: float, top_p: float)
     se = (want * (1 - want) / n).sqrt().clamp_min(1e-12)
     assert freq[~mask].sum() == 0
     assert ((freq - want).abs() <= 5 * se + 1e-12).all(), (freq, want)
+
+
+@pytest.mark.parametrize("fn", [sample, sample_reference])
+def test_shards_sample_what_the_whole_batch_samples(tiny, fn) -> None:
+    """Data-parallel shards (`shard=(offset, total)`) with the same generator seed give each
+    row the tokens it gets in one call on the whole batch, whatever the split and however
+    early a shard's rows finish."""
+    model, _, prompts = tiny
+    eos, kw = [1, 41, 43], dict(max_new_tokens=24, temperature=1.0, top_p=0.9)
+    rows = prompts * 2  # 8 rows
+    whole = _run(fn, model, rows, eos, **kw)
+    assert any(whole.finished) and not all(whole.finished)
+    for cut in ([0, 4, 8], [0, 1, 8], [0, 3, 5, 8]):
+        got = []
+        for a, b in zip(cut, cut[1:]):
+            got += _run(fn, model, rows[a:b], eos, shard=(a, len(rows)), **kw).completions
+        assert got == whole.completions, cut
+    with pytest.raises(ValueError, match="exceed"):
+        _run(fn, model, rows[:4], eos, shard=(6, 8), **kw)

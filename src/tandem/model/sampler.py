@@ -3,7 +3,10 @@
 Randomness contract (what makes `sample` and `sample_reference` agree token for token): with
 temperature > 0, decode step s (s = 0 for the token predicted by the prompt, 1 for the next...)
 draws exactly one float32 `torch.rand((B,), generator=generator)` for all B rows (finished or
-not), on the generator's device, then moved to the model's. Row i's next token is the inverse
+not), on the generator's device, then moved to the model's. A data-parallel shard
+(`shard=(offset, total)`: these B rows are rows offset..offset+B-1 of a batch of `total`) draws
+the `total` numbers and takes its own, so each row gets the number it would get in the whole
+batch, and the shards together sample what one call on the whole batch samples. Row i's next token is the inverse
 CDF of its distribution at u_i: with p_i = softmax(top-p filtered logits_i / temperature) in
 float32 and c_i its cumulative sum, the first token j with c_i[j] > u_i * c_i[V - 1] (what
 `torch.multinomial` does for one sample). No draws are made after every row has finished, and
@@ -162,6 +165,7 @@ def sample(
     generator: torch.Generator,
     engine: str = "auto",
     pack: bool | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SampleOutput:
     """Sample completions for a batch of token-id prompts (see the module doc for the RNG order).
 
@@ -178,8 +182,12 @@ def sample(
     `decoder.PACK_MIN_NEW_TOKENS` new tokens on. False saves that memory at some speed. Inside
     `with keep_packed(model):` the packed weights are kept from one call to the next while the
     weights are unchanged (evaluation loops).
+
+    shard: (offset, total) when these prompts are rows offset.. of a batch of `total` rows that
+    other processes sample the rest of, with the same generator seed (module doc).
     """
     _check_args(prompts, max_new_tokens, temperature, top_p)
+    noise = _noise_rows(len(prompts), shard)
     if engine not in ("auto", "hf"):
         raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
     with onednn_linears(model):
@@ -194,7 +202,18 @@ def sample(
             generator,
             engine,
             pack,
+            noise,
         )
+
+
+def _noise_rows(b: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """(rows drawn each step, offset of this batch's rows in them)."""
+    if shard is None:
+        return b, 0
+    offset, total = shard
+    if not (0 <= offset and offset + b <= total):
+        raise ValueError(f"shard {shard}: {b} rows from offset {offset} exceed {total}")
+    return total, offset
 
 
 def _sample(
@@ -208,8 +227,10 @@ def _sample(
     generator: torch.Generator,
     engine: str,
     pack: bool | None,
+    noise: tuple[int, int],
 ) -> SampleOutput:
     device = _device(model)
+    n_noise, off = noise
     B, N = len(prompts), max_new_tokens
     P = max(len(p) for p in prompts)
     eos_E = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
@@ -232,7 +253,7 @@ def _sample(
     for s in range(N):
         uniform_A = None
         if temperature > 0:
-            uniform_A = _uniform((B,), generator, device)
+            uniform_A = _uniform((n_noise,), generator, device)[off : off + B]
             if len(active_A) < B:
                 uniform_A = uniform_A[active_A]
         tok_A, logp_A = _pick(logits_BV, uniform_A, temperature, top_p)
@@ -275,11 +296,13 @@ def sample_reference(
     eos_token_ids: list[int],
     pad_token_id: int,
     generator: torch.Generator,
+    shard: tuple[int, int] | None = None,
 ) -> SampleOutput:
     """Naive version of `sample` for tests: each step, each unfinished row runs a full forward of
     its own unpadded prompt + generated tokens (no cache), using its row of the step's noise."""
     del pad_token_id
     _check_args(prompts, max_new_tokens, temperature, top_p)
+    n_noise, off = _noise_rows(len(prompts), shard)
     device = _device(model)
     B = len(prompts)
     seqs = [list(p) for p in prompts]
@@ -295,7 +318,7 @@ def sample_reference(
         }
         uniform_B = None
         if temperature > 0:
-            uniform_B = _uniform((B,), generator, device)
+            uniform_B = _uniform((n_noise,), generator, device)[off : off + B]
         for i in rows:
             u = None if uniform_B is None else uniform_B[i : i + 1]
             tok, lp = _pick(last[i][None], u, temperature, top_p)
