@@ -46,6 +46,12 @@ def _champ(params: dict) -> Task:
     return ChampTask(params)
 
 
+def _humaneval(params: dict) -> Task:
+    from tandem.tasks.humaneval import HumanEvalTask
+
+    return HumanEvalTask(params)
+
+
 _TASKS: dict[str, tuple[str, TaskFactory]] = {
     "add": ("add two integers; params digits, ood_digits, style", _arith("add")),
     "sub": ("subtract two integers (a >= b); params digits, ood_digits, style", _arith("sub")),
@@ -58,6 +64,11 @@ _TASKS: dict[str, tuple[str, TaskFactory]] = {
         _dataset,
     ),
     "champ": ("CHAMP competition math, math-verify scored; ood = a held-out category", _champ),
+    "humaneval": (
+        "HumanEval code problems, tests run in a bubblewrap sandbox; params timeout_s, cpu_s, "
+        "memory_mb, sandbox (docs/sandbox.md)",
+        _humaneval,
+    ),
 }
 RG_ENTRY = (
     "rg:<name>",
