@@ -376,3 +376,13 @@ def test_kto_on_unpaired_labels_with_one_kind_per_prompt(tmp_path):
         run_losses(
             tmp_path, "dpo-labeled", rows, "method=dpo", "objective.sources.pairs.mode=labeled"
         )
+
+
+def test_the_cli_prints_tandem_warnings_as_one_line():
+    from tandem.cli import _format_warning
+    from tandem.errors import TandemWarning
+
+    assert _format_warning("d.parquet: skipped 2", TandemWarning, "x.py", 3) == (
+        "tandem: warning: d.parquet: skipped 2\n"
+    )
+    assert "UserWarning" in _format_warning("other", UserWarning, "x.py", 3)

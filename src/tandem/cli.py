@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
-from tandem.errors import TandemError
+from tandem.errors import TandemError, TandemWarning
 
 
 def bundled_recipes() -> dict[str, Path]:
@@ -444,9 +445,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """tandem's own warnings (`TandemWarning`) as one line; the libraries' as Python prints them."""
+    if issubclass(category, TandemWarning):
+        return f"tandem: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    warnings.formatwarning = _format_warning
     try:
         return args.fn(args)
     except TandemError as e:

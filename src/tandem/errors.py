@@ -11,3 +11,8 @@ class ConfigError(TandemError):
 
 class DataError(TandemError):
     """A data file or record is malformed; the message names the file and line."""
+
+
+class TandemWarning(UserWarning):
+    """Something the user should know that does not stop the run (rows skipped, a fallback);
+    the CLI prints it as one line, ``tandem: warning: ...``."""

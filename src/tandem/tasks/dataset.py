@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import ConfigError, DataError
+from tandem.errors import ConfigError, DataError, TandemWarning
 from tandem.rewards.verifiers import VERIFIERS
 from tandem.tasks.base import Example, Score, Split, check_params, check_split, is_eval_key
 
@@ -622,6 +622,7 @@ def load_examples(
         n = skipped[file] if skipped is not None else 0
         warnings.warn(
             f"{file}: skipped {n} bad row(s) (task.params.on_bad_row: skip); first: {problem}",
+            TandemWarning,
             stacklevel=3,
         )
     return group_labeled(parsed), kinds
