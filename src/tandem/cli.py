@@ -467,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tandem: interrupted (the last checkpoint is intact)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`tandem tasks | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def entry() -> None:

@@ -53,27 +53,25 @@ def _humaneval(params: dict) -> Task:
 
 
 _TASKS: dict[str, tuple[str, TaskFactory]] = {
-    "add": ("add two integers; params digits, ood_digits, style", _arith("add")),
-    "sub": ("subtract two integers (a >= b); params digits, ood_digits, style", _arith("sub")),
-    "mul": ("multiply two integers; params digits, ood_digits, style", _arith("mul")),
-    "chain": ("add three integers; params digits, ood_digits, style", _arith("chain")),
-    "jsonl": ("problems from JSONL files; params path, eval_path, ood_path, verifier", _jsonl),
+    "add": ("add two integers", _arith("add")),
+    "sub": ("subtract two integers (a >= b)", _arith("sub")),
+    "mul": ("multiply two integers", _arith("mul")),
+    "chain": ("add three integers", _arith("chain")),
+    "jsonl": ("problems from your own JSONL files", _jsonl),
     "dataset": (
         "local datasets (saved dir, parquet, arrow, CSV, JSON, JSONL): problems, demos, "
-        "pairs, labeled, chat; params path, fields, split, verifier, on_bad_row (docs/data.md)",
+        "pairs, labeled, chat (docs/data.md)",
         _dataset,
     ),
     "champ": ("CHAMP competition math, math-verify scored; ood = a held-out category", _champ),
     "humaneval": (
-        "HumanEval code problems, tests run in a bubblewrap sandbox; params timeout_s, cpu_s, "
-        "memory_mb, sandbox (docs/sandbox.md)",
+        "HumanEval code problems, tests run in a bubblewrap sandbox (docs/sandbox.md)",
         _humaneval,
     ),
 }
 RG_ENTRY = (
     "rg:<name>",
-    "any reasoning-gym dataset, e.g. rg:chain_sum; params = its config fields + ood; "
-    "names: tandem.tasks.rgym.dataset_names()",
+    "any reasoning-gym dataset, e.g. rg:chain_sum (tandem tasks rg:NAME: its config fields)",
 )
 
 
