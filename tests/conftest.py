@@ -1,13 +1,23 @@
-"""Shared fixtures: a tiny-model run config, and a tiny model warmed up by SFT (built once).
+"""Shared fixtures: a tiny-model run config, and a tiny model warmed up by SFT.
 
 The tiny model is the built-in random-init Llama with a character vocabulary; the task is
 one-digit addition in plain style ("3+4=" -> "7"), where a few dozen SFT steps reach a mixed
 accuracy, so RL methods see groups with both right and wrong answers.
+
+The warm model is a file, `tests/data/warm_tiny/` (430 KB), made once by the `WARMUP` run
+(`python -m tests.conftest tests/data/warm_tiny` writes it again). It used to be trained at
+the start of each test session, but 100 Adam steps turn the last-bit differences of another
+CPU's kernels (AVX2 vs AVX-512) into another model: the golden first losses came out up to 5%
+apart. From the shipped file they agree to 1.4e-5 between this machine's AVX2 kernels and
+torch's scalar ones (`ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2`; docs/LOG.md,
+eleventh session).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +48,7 @@ TINY = [
 
 
 WARMUP = ["method=sft", "steps=100", "eval.before=false"]
+WARM_DIR = Path(__file__).resolve().parent / "data" / "warm_tiny"
 
 
 def tiny_config(out: Path, *overrides: str) -> RunConfig:
@@ -46,13 +57,23 @@ def tiny_config(out: Path, *overrides: str) -> RunConfig:
 
 @pytest.fixture(scope="session")
 def warm_tiny(tmp_path_factory) -> Path:
-    """A tiny model after 100 SFT steps on one-digit addition (train-prompt accuracy ~0.4)."""
+    """A tiny model after 100 SFT steps on one-digit addition (a copy of the shipped file)."""
+    out = tmp_path_factory.mktemp("warm") / "model"
+    shutil.copytree(WARM_DIR, out)
+    return out
+
+
+def make_warm(dest: Path) -> None:
+    """Train the warm model (`WARMUP`) and write it to `dest` (its `model/` folder's files)."""
+    import tempfile
+
     from tandem.train.checkpoint import latest_checkpoint
     from tandem.train.loop import train
 
-    out = tmp_path_factory.mktemp("warm")
-    train(tiny_config(out, *WARMUP), log=lambda s: None)
-    return latest_checkpoint(out) / "model"
+    with tempfile.TemporaryDirectory() as d:
+        train(tiny_config(Path(d), *WARMUP), log=lambda s: None)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(latest_checkpoint(Path(d)) / "model", dest)
 
 
 def train_accuracy(model_dir: Path | str, n: int = 64, condition: str | None = None) -> float:
@@ -90,3 +111,7 @@ def pair_margin(model_dir: Path | str, n: int = 64) -> float:
         logp = token_logprobs(st.model, b.input_ids_BT, b.attention_mask_BT, b.target_mask_BT).logp
     seq = logp.sum(1)
     return float((seq[0::2] - seq[1::2]).mean())
+
+
+if __name__ == "__main__":  # python -m tests.conftest tests/data/warm_tiny
+    make_warm(Path(sys.argv[1]))

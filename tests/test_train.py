@@ -16,7 +16,7 @@ from tandem.report.metrics import read_metrics
 from tandem.train.loop import build_state, train
 from tandem.train.step import train_step
 
-from .conftest import WARMUP, tiny_config
+from .conftest import WARM_DIR, tiny_config
 
 # Per-preset overrides that make every term of the preset active within 3 steps.
 PRESET_ARGS = {
@@ -72,215 +72,215 @@ PRESET_ARGS = {
 # gradient, not only the samples (a ratio-1 policy-gradient loss is just -mean(A)). Regenerate with `python -m tests.test_train` after an
 # intentional change of the math, and say why in the commit.
 GOLDEN = {
-    "amft": {
-        "loss/total": [0.647195, 0.303086, 0.292571],
-        "optim/grad_norm": [2.91596, 2.673811, 1.207149],
-        "reward/mean": [None, 0.203125, 0.21875],
-    },
     "adaptive_mix": {
-        "loss/total": [0.428415, 0.432832, 0.50152],
-        "optim/grad_norm": [2.190857, 4.545055, 6.775312],
-        "reward/mean": [0.265625, 0.234375, 0.25],
+        "loss/total": [0.450435, 0.477589, 0.485062],
+        "optim/grad_norm": [5.083174, 7.451449, 9.669023],
+        "reward/mean": [0.234375, 0.234375, 0.265625],
+    },
+    "amft": {
+        "loss/total": [0.65147, 0.292404, 0.296858],
+        "optim/grad_norm": [2.39488, 2.096385, 1.793013],
+        "reward/mean": [None, 0.15625, 0.25],
     },
     "anchored_sft": {
-        "loss/total": [0.15886, 0.158609, 0.146554],
-        "optim/grad_norm": [0.628522, 1.67504, 1.213699],
+        "loss/total": [0.165447, 0.162026, 0.147779],
+        "optim/grad_norm": [1.587974, 1.507258, 1.653733],
     },
     "asft": {
-        "loss/total": [1.752194, 1.754299, 1.697103],
-        "optim/grad_norm": [11.278756, 8.233862, 7.257476],
+        "loss/total": [1.727933, 1.78855, 1.727905],
+        "optim/grad_norm": [7.722352, 10.892453, 7.683641],
     },
     "c_rlft": {
-        "loss/total": [1.355982, 1.0243, 0.960187],
-        "optim/grad_norm": [4.04423, 3.402323, 2.491381],
-        "reward/mean": [0.3125, 0.25, 0.234375],
+        "loss/total": [1.28286, 0.943999, 0.963946],
+        "optim/grad_norm": [3.746279, 2.562658, 2.400407],
+        "reward/mean": [0.25, 0.25, 0.296875],
     },
     "chord": {
-        "loss/total": [-0.004798, 0.041939, 0.043612],
-        "optim/grad_norm": [1.334971, 1.393765, 2.493857],
-        "reward/mean": [0.265625, 0.203125, 0.203125],
+        "loss/total": [-0.004798, 0.038585, 0.046263],
+        "optim/grad_norm": [2.638986, 1.377897, 2.494629],
+        "reward/mean": [0.234375, 0.21875, 0.21875],
     },
     "dapo": {
-        "loss/total": [0.014024, 0.020822, 0.011669],
-        "optim/grad_norm": [1.915037, 1.248048, 2.15791],
-        "reward/mean": [0.226562, 0.203125, 0.25],
+        "loss/total": [0.001387, 0.01709, 0.028823],
+        "optim/grad_norm": [2.358391, 3.304636, 2.382179],
+        "reward/mean": [0.21875, 0.15625, 0.210938],
     },
     "dft": {
-        "loss/total": [0.15886, 0.156471, 0.143217],
-        "optim/grad_norm": [0.628522, 1.375621, 1.19313],
+        "loss/total": [0.165447, 0.158222, 0.142183],
+        "optim/grad_norm": [1.587974, 1.096238, 1.319681],
     },
     "dpo": {
-        "loss/total": [0.693147, 0.678374, 0.692639],
-        "optim/grad_norm": [1.235351, 1.155926, 0.631445],
+        "loss/total": [0.693147, 0.680241, 0.698058],
+        "optim/grad_norm": [1.032913, 0.89418, 0.500747],
     },
     "fait": {
-        "loss/total": [0.829738, 0.776318, 0.743275],
-        "optim/grad_norm": [3.545078, 3.695644, 2.215168],
+        "loss/total": [0.832269, 0.771808, 0.755685],
+        "optim/grad_norm": [2.770513, 4.146269, 3.63523],
     },
     "grpo": {
-        "loss/total": [-0.004798, -0.015514, -0.0],
-        "optim/grad_norm": [1.334971, 2.060249, 3.526281],
-        "reward/mean": [0.265625, 0.203125, 0.21875],
+        "loss/total": [-0.004798, -0.023448, 0.002438],
+        "optim/grad_norm": [2.638986, 2.06991, 3.726924],
+        "reward/mean": [0.234375, 0.21875, 0.21875],
     },
     "gspo": {
-        "loss/total": [0.010009, 0.00178, 0.005929],
-        "optim/grad_norm": [2.650826, 2.456654, 4.986264],
-        "reward/mean": [0.265625, 0.171875, 0.21875],
+        "loss/total": [0.01161, 0.003755, 0.002985],
+        "optim/grad_norm": [3.680021, 2.915972, 1.527192],
+        "reward/mean": [0.234375, 0.21875, 0.21875],
     },
     "hpt": {
-        "loss/total": [0.882313, -0.005942, 1.244541],
-        "optim/grad_norm": [8.029376, 0.572318, 16.237328],
-        "reward/mean": [0.265625, 0.296875, 0.25],
+        "loss/total": [0.694987, 0.911221, 0.00189],
+        "optim/grad_norm": [4.162183, 13.971733, 0.437521],
+        "reward/mean": [0.234375, 0.25, 0.21875],
     },
     "ift": {
-        "loss/total": [1.185502, 1.147019, 1.01491],
-        "optim/grad_norm": [6.96479, 6.649135, 2.230452],
+        "loss/total": [1.186604, 1.136923, 0.998365],
+        "optim/grad_norm": [3.842698, 5.403567, 3.316754],
     },
     "interleave": {
-        "loss/total": [-0.004798, 0.69275, 0.009626],
-        "optim/grad_norm": [1.334971, 6.358799, 2.487037],
-        "reward/mean": [0.265625, None, 0.203125],
+        "loss/total": [-0.004798, 0.670962, 0.012163],
+        "optim/grad_norm": [2.638986, 5.554501, 2.471894],
+        "reward/mean": [0.234375, None, 0.203125],
     },
     "ipo": {
-        "loss/total": [25.0, 24.032528, 24.900396],
-        "optim/grad_norm": [92.748466, 68.033066, 56.316971],
+        "loss/total": [25.0, 24.156664, 25.172323],
+        "optim/grad_norm": [76.479561, 53.873718, 44.20586],
     },
     "kto": {
-        "loss/total": [0.5, 0.496148, 0.499797],
-        "optim/grad_norm": [0.308838, 0.298708, 0.157434],
+        "loss/total": [0.5, 0.496687, 0.50116],
+        "optim/grad_norm": [0.258228, 0.229998, 0.122664],
     },
     "luffy": {
-        "loss/total": [0.01172, 0.010767, 0.008199],
-        "optim/grad_norm": [0.422704, 0.254038, 0.409106],
-        "reward/mean": [0.267857, 0.089286, 0.214286],
+        "loss/total": [0.011966, 0.012446, 0.008083],
+        "optim/grad_norm": [0.796784, 0.390057, 0.523302],
+        "reward/mean": [0.267857, 0.089286, 0.232143],
     },
     "metis_rise": {
-        "loss/total": [-0.004798, 0.745301, 0.615162],
-        "optim/grad_norm": [1.334971, 9.257995, 3.053126],
-        "reward/mean": [0.265625, 0.265625, 0.21875],
+        "loss/total": [-0.004798, 0.712459, 0.624006],
+        "optim/grad_norm": [2.638986, 7.169414, 4.415593],
+        "reward/mean": [0.234375, 0.21875, 0.203125],
     },
     "orpo": {
-        "loss/total": [0.709539, 0.687092, 0.625362],
-        "optim/grad_norm": [4.450624, 6.495721, 2.468227],
+        "loss/total": [0.715313, 0.65518, 0.621444],
+        "optim/grad_norm": [3.134061, 3.948282, 2.512022],
     },
     "otr": {
-        "loss/total": [0.083719, 0.082674, 0.073622],
-        "optim/grad_norm": [0.691374, 1.513184, 1.344555],
+        "loss/total": [0.08899, 0.083409, 0.073497],
+        "optim/grad_norm": [1.746772, 1.205862, 1.45165],
     },
     "poft": {
-        "loss/total": [0.693147, 0.706435, 0.663457],
-        "optim/grad_norm": [1.741123, 2.041217, 0.816449],
+        "loss/total": [0.693147, 0.696718, 0.675663],
+        "optim/grad_norm": [1.180095, 1.814112, 1.620677],
     },
     "ppo": {
-        "loss/total": [0.079607, 0.124467, -0.007437],
-        "optim/grad_norm": [3.739077, 3.608715, 2.452549],
-        "reward/mean": [0.265625, 0.28125, 0.21875],
+        "loss/total": [0.062984, 0.091386, -0.003562],
+        "optim/grad_norm": [4.694824, 4.000536, 1.70928],
+        "reward/mean": [0.234375, 0.265625, 0.1875],
     },
     "prefix_rft": {
-        "loss/total": [0.027048, 0.010883, 0.012293],
-        "optim/grad_norm": [0.755484, 0.382231, 1.322835],
-        "reward/mean": [0.359375, 0.25, 0.296875],
+        "loss/total": [0.02705, 0.00991, 0.015629],
+        "optim/grad_norm": [1.063447, 0.906453, 0.53797],
+        "reward/mean": [0.359375, 0.296875, 0.296875],
     },
     "reft": {
-        "loss/total": [0.647195, 0.590434, 0.477425],
-        "optim/grad_norm": [2.91596, 8.887285, 6.85243],
-        "reward/mean": [None, 0.339063, 0.310938],
+        "loss/total": [0.65147, 0.638209, 0.433932],
+        "optim/grad_norm": [2.39488, 8.915213, 5.649853],
+        "reward/mean": [None, 0.3375, 0.282813],
     },
     "reinforce_pp": {
-        "loss/total": [0.0, -0.0, -0.0],
-        "optim/grad_norm": [1.772227, 2.694395, 5.941468],
-        "reward/mean": [0.265625, 0.21875, 0.25],
+        "loss/total": [-0.0, -0.0, -0.0],
+        "optim/grad_norm": [3.603876, 2.828625, 4.377525],
+        "reward/mean": [0.234375, 0.234375, 0.234375],
     },
     "reinforce_pp_baseline": {
-        "loss/total": [0.0, 0.0, 0.0],
-        "optim/grad_norm": [1.604321, 2.341791, 4.5144],
-        "reward/mean": [0.265625, 0.203125, 0.21875],
+        "loss/total": [-0.0, -0.0, -0.0],
+        "optim/grad_norm": [3.320586, 2.663094, 4.356936],
+        "reward/mean": [0.234375, 0.21875, 0.21875],
     },
     "relift": {
-        "loss/total": [1.056171, 0.370838, 0.002397],
-        "optim/grad_norm": [10.46171, 1.281399, 0.762872],
-        "reward/mean": [0.265625, 0.25, 0.234375],
+        "loss/total": [1.047591, 0.592239, 0.576318],
+        "optim/grad_norm": [9.262459, 1.966721, 1.881496],
+        "reward/mean": [0.234375, 0.28125, 0.21875],
     },
     "remix": {
-        "loss/total": [0.001122, -0.045799, 0.011556],
-        "optim/grad_norm": [2.637564, 3.431722, 1.974325],
-        "reward/mean": [0.265625, 0.1, 0.21875],
+        "loss/total": [0.001626, -0.031647, 0.020858],
+        "optim/grad_norm": [3.808276, 3.316346, 2.856574],
+        "reward/mean": [0.234375, 0.2, 0.28125],
     },
     "rft": {
-        "loss/total": [0.624337, 0.624185, 0.581117],
-        "optim/grad_norm": [2.432158, 4.676655, 1.217879],
-        "reward/mean": [0.3125, 0.234375, 0.296875],
+        "loss/total": [0.627406, 0.611045, 0.621806],
+        "optim/grad_norm": [2.359319, 4.397708, 4.106431],
+        "reward/mean": [0.25, 0.234375, 0.296875],
     },
     "rloo": {
-        "loss/total": [-0.002838, -0.007608, 0.000985],
-        "optim/grad_norm": [0.771946, 0.964035, 1.771445],
-        "reward/mean": [0.265625, 0.203125, 0.1875],
+        "loss/total": [-0.002838, -0.011255, 0.000985],
+        "optim/grad_norm": [1.479512, 1.125367, 1.978949],
+        "reward/mean": [0.234375, 0.21875, 0.21875],
     },
     "s3ft": {
-        "loss/total": [0.675716, 0.643435, 0.582669],
-        "optim/grad_norm": [4.244168, 6.276827, 2.188244],
-        "reward/mean": [0.375, 0.375, 0.5],
+        "loss/total": [0.683689, 0.607515, 0.580449],
+        "optim/grad_norm": [3.103686, 3.252212, 2.650814],
+        "reward/mean": [0.5, 0.25, 0.5],
     },
     "sasr": {
-        "loss/total": [0.647195, 0.623502, 0.003828],
-        "optim/grad_norm": [2.91596, 3.586975, 3.453914],
-        "reward/mean": [None, None, 0.265625],
+        "loss/total": [0.65147, 0.614146, 0.016318],
+        "optim/grad_norm": [2.39488, 3.412116, 1.159064],
+        "reward/mean": [None, None, 0.21875],
     },
     "sft": {
-        "loss/total": [0.647195, 0.623502, 0.581151],
-        "optim/grad_norm": [2.91596, 3.586975, 1.702341],
+        "loss/total": [0.65147, 0.614146, 0.602746],
+        "optim/grad_norm": [2.39488, 3.412116, 3.761804],
     },
     "sft_then_dpo": {
-        "loss/total": [0.647195, 0.693147, 0.685323],
-        "optim/grad_norm": [2.91596, 0.467399, 0.800993],
+        "loss/total": [0.65147, 0.693147, 0.677573],
+        "optim/grad_norm": [2.39488, 0.644069, 0.707305],
     },
     "sft_then_grpo": {
-        "loss/total": [0.647195, 0.010453, 0.010203],
-        "optim/grad_norm": [2.91596, 2.159958, 2.181681],
-        "reward/mean": [None, 0.265625, 0.234375],
+        "loss/total": [0.65147, 0.009586, -0.007201],
+        "optim/grad_norm": [2.39488, 0.82789, 1.038398],
+        "reward/mean": [None, 0.265625, 0.21875],
     },
     "simpo": {
-        "loss/total": [0.445871, 0.592313, 0.655237],
-        "optim/grad_norm": [3.907514, 2.390324, 4.480854],
+        "loss/total": [0.41539, 0.589689, 0.702654],
+        "optim/grad_norm": [2.755762, 2.145373, 4.675378],
     },
     "spin": {
         "loss/total": [0.693147, 0.693147, 0.693147],
-        "optim/grad_norm": [0.801357, 1.577355, 0.771453],
+        "optim/grad_norm": [1.007291, 1.276426, 0.632634],
     },
     "srft": {
-        "loss/total": [-0.298374, -0.444711, -0.306869],
-        "optim/grad_norm": [1.071886, 1.232188, 0.811495],
-        "reward/mean": [0.267857, 0.107143, 0.25],
+        "loss/total": [-0.309593, -0.493213, -0.29562],
+        "optim/grad_norm": [2.061801, 1.275917, 1.535347],
+        "reward/mean": [0.267857, 0.089286, 0.25],
     },
     "star": {
-        "loss/total": [0.535571, 0.593938, 0.624605],
-        "optim/grad_norm": [1.763985, 2.820081, 3.991201],
-        "reward/mean": [0.265625, 0.265625, 0.234375],
+        "loss/total": [0.533626, 0.618142, 0.648048],
+        "optim/grad_norm": [4.165144, 4.355361, 7.161594],
+        "reward/mean": [0.234375, 0.21875, 0.234375],
     },
     "superhf": {
-        "loss/total": [0.573222, 0.604199, 0.645972],
-        "optim/grad_norm": [3.161763, 5.495499, 5.511797],
-        "reward/mean": [0.265625, 0.296875, 0.25],
+        "loss/total": [0.591806, 0.726122, 0.627494],
+        "optim/grad_norm": [2.103312, 2.701021, 5.38599],
+        "reward/mean": [0.234375, 0.28125, 0.234375],
     },
     "tulu3": {
-        "loss/total": [0.647195, 0.693147, 0.00706],
-        "optim/grad_norm": [2.91596, 0.467399, 1.71965],
-        "reward/mean": [None, None, 0.234375],
+        "loss/total": [0.65147, 0.693147, 0.013911],
+        "optim/grad_norm": [2.39488, 0.644069, 1.349613],
+        "reward/mean": [None, None, 0.21875],
     },
     "uft": {
-        "loss/total": [0.039176, 0.000246, -0.003155],
-        "optim/grad_norm": [0.51631, 1.158995, 1.107282],
-        "reward/mean": [0.984375, 0.640625, 0.140625],
+        "loss/total": [0.03919, 0.000219, 0.003933],
+        "optim/grad_norm": [0.516929, 1.179385, 1.032935],
+        "reward/mean": [0.984375, 0.609375, 0.15625],
     },
     "visurf": {
-        "loss/total": [0.01162, 0.001529, 0.001301],
-        "optim/grad_norm": [1.334595, 2.419202, 1.736553],
-        "reward/mean": [0.267857, 0.107143, 0.214286],
+        "loss/total": [0.011454, 0.004365, 0.000928],
+        "optim/grad_norm": [3.092401, 2.15323, 3.093256],
+        "reward/mean": [0.267857, 0.089286, 0.25],
     },
     "warmup_rl": {
-        "loss/total": [8.629989, 0.014024, 0.002572],
-        "optim/grad_norm": [13.199078, 1.074926, 1.997977],
-        "reward/mean": [None, 0.234375, 0.1875],
+        "loss/total": [8.730329, 0.007174, 0.005302],
+        "optim/grad_norm": [13.426288, 1.178771, 1.811007],
+        "reward/mean": [None, 0.359375, 0.203125],
     },
 }
 
@@ -467,12 +467,9 @@ if __name__ == "__main__":  # print fresh golden values
     import tempfile
     from pathlib import Path
 
-    from tandem.train.checkpoint import latest_checkpoint
-
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        train(tiny_config(d / "warm", *WARMUP), log=lambda s: None)
-        warm = latest_checkpoint(d / "warm") / "model"
+        warm = WARM_DIR
         import sys
 
         for m in sys.argv[1:] or sorted(PRESETS):
