@@ -75,7 +75,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("objective.sources.rollouts.kind=rollout", "allowed: 'rollouts', 'demo_in_group'"),
         ("method=ppo2", "method: got 'ppo2'; allowed: sft, grpo"),
         ("steps=-1", "steps: Input should be greater than or equal to 0"),
-        ("model.dtype=fp8", "model.dtype: got 'fp8'; allowed: 'fp32' or 'bf16'"),
+        ("model.dtype=fp8", "model.dtype: got 'fp8'; allowed: 'fp32', 'bf16' or 'fp64'"),
         ("model.device=tpu", "model.device"),
         ("objective.updates=[{terms: [pgg]}]", "objective.updates.0.terms: unknown term(s)"),
         ("nodot", "must look like key.sub=value"),

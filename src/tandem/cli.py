@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from importlib import resources
@@ -59,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "tandem train: give a RECIPE (a YAML file or a bundled name) or --resume RUN_DIR"
             )
         summary = train_from_files(_recipe_path(args.recipe), args.overrides)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 prints the run's summary
+        print(json.dumps(summary, indent=2))
     return 0
 
 

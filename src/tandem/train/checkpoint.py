@@ -78,6 +78,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of step `step`'s checkpoint under RUN_DIR/checkpoints."""
+    return f"step_{step:06d}"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -91,7 +96,7 @@ def save_checkpoint(
 ) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
+    name = checkpoint_name(step)
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():

@@ -35,11 +35,13 @@ from tandem.tasks import get_task
 from tandem.train.backend import Backend, resolve_device
 from tandem.train.checkpoint import (
     RunLock,
+    checkpoint_name,
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
 )
+from tandem.train.dist import Dist, init_dist
 from tandem.train.plan import Stage, build_stages, describe
 from tandem.train.sources import conditioned, example_pools
 from tandem.train.step import RunState, train_step
@@ -67,11 +69,17 @@ def _adamw(params, lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> RunState:
+def build_state(
+    cfg: RunConfig, model_source: str | None = None, log=print, dist: Dist | None = None
+) -> RunState:
     """Load model, task and data; build the stages (sources, terms, controllers), the extra
-    models they need, the backend and the optimizers. Nothing is trained."""
+    models they need, the backend and the optimizers. Nothing is trained. With a `dist` of
+    several ranks, each rank takes its own CUDA device and rank 0's initial weights."""
+    dist = dist or Dist()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.model.device)
+    if dist.on and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     lora = cfg.model.lora
     # A LoRA run resumes from its base model plus the checkpoint's adapter (`model_source`).
     model, tok = load_model(
@@ -112,6 +120,9 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
     if any(s.holds_value_head() for s in stages):
         value_head = ValueHead(model.config.hidden_size).to(device)
         params += list(value_head.parameters())
+    dist.broadcast_params(model)  # every rank starts from rank 0's weights
+    if value_head is not None:
+        dist.broadcast_params(value_head)
     opt = _adamw(params, cfg.lr, cfg)
     optimizers = {
         ph.optimizer: _adamw(params, ph.lr or s.lr, cfg)
@@ -150,6 +161,7 @@ def build_state(cfg: RunConfig, model_source: str | None = None, log=print) -> R
         optimizers=optimizers,
         reference=reference,
         value_head=value_head,
+        dist=dist,
     )
 
 
@@ -180,6 +192,11 @@ def describe_sizes(st: RunState) -> str:
         *describe(st.stages),
         f"malloc {allocator.in_use()} (TANDEM_ALLOCATOR; see tandem.allocator)",
     ]
+    if st.dist.on:
+        lines.append(
+            f"distributed: {cfg.distributed.strategy} on {st.dist.world} ranks; the sizes above "
+            "are global, each rank samples and trains on its share of whole prompt groups"
+        )
     return "\n".join(lines)
 
 
@@ -206,6 +223,7 @@ def _eval_all(st: RunState, step: int, evals: dict[str, list]) -> dict[str, floa
                     ctx=lambda: _no_grad(st.backend.autocast()),
                     prefix=prefix,
                     pool=st.eval_pool,
+                    dist=st.dist,
                 )
             )
     out["perf/eval_s"] = time.perf_counter() - t0
@@ -264,6 +282,7 @@ RESUME_FREE = (
     "save_every",
     "keep_checkpoints",
     "max_bad_steps",
+    "distributed",  # the same math on any number of ranks (docs/distributed.md)
 )
 
 
@@ -327,19 +346,61 @@ def train(
 
     A stop signal (SIGTERM, SIGINT) ends the run after the current step with a checkpoint
     (summary `stopped_by`); a second one abandons the step. While it trains, the run directory
-    is locked against a second process."""
+    is locked against a second process.
+
+    Under `torchrun` with `distributed.strategy: ddp` every rank calls this; rank 0 holds the
+    lock and writes, the others log their progress with their rank (`tandem.train.dist`)."""
     run_dir = cfg.run_dir()
-    with (
-        RunLock(run_dir),
-        _StopSignals(log) as stop,
-        RewardPool.from_config(cfg.rewards) as rewards,  # a bad rewards.function fails here
-        contextlib.ExitStack() as closing,  # the metric sinks, however the run ends
-    ):
-        log(rewards.describe())
-        return _train(cfg, run_dir, resume, accept_config_change, stop, closing, log)
+    device_type = resolve_device(cfg.model.device).type
+    dist = init_dist(cfg.distributed.strategy, cfg.distributed.timeout_s, device_type)
+    try:
+        with contextlib.ExitStack() as lock:
+            failed = None
+            if dist.main:
+                try:
+                    lock.enter_context(RunLock(run_dir))
+                except TandemError as e:
+                    failed = str(e)
+            failed = dist.broadcast(failed, "the run-lock check")  # one lock per run
+            if failed:
+                raise TandemError(failed)
+            with (
+                _StopSignals(log if dist.main else _tagged(log, dist)) as stop,
+                RewardPool.from_config(cfg.rewards) as rewards,  # a bad function fails here
+                contextlib.ExitStack() as closing,  # the metric sinks, however the run ends
+            ):
+                if dist.main:
+                    log(rewards.describe())
+                return _train(cfg, run_dir, resume, accept_config_change, stop, closing, log, dist)
+    finally:
+        dist.close()
 
 
-def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, closing, log):
+def _tagged(log, dist: Dist):
+    return lambda text: log(dist.tag() + text)
+
+
+class _NoWriter:
+    """The metric sinks of a rank other than 0: it writes nothing."""
+
+    def write(self, step: int, m: dict) -> None:
+        pass
+
+    def write_samples(self, step: int, rows: list) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _train(
+    cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, closing, log, dist: Dist
+):
+    rank_log = _tagged(log, dist)  # what every rank says
+    log = log if dist.main else (lambda text: None)  # what only rank 0 says
     t_start = time.perf_counter()
     start = 0
     ckpt = latest_checkpoint(run_dir, log=log) if resume else None
@@ -364,9 +425,10 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
         if changes:
             log("resuming with a changed config: " + "; ".join(changes))
     weights = "adapter" if cfg.model.lora is not None else "model"
-    st = build_state(cfg, model_source=str(ckpt / weights) if ckpt else None, log=log)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model, task and data are good
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    st = build_state(cfg, model_source=str(ckpt / weights) if ckpt else None, log=log, dist=dist)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # only once the model, task and data are good
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     wandb = None
     if cfg.log.wandb:
         wandb = {
@@ -375,7 +437,11 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
             "name": run_dir.name,
             "config": cfg.model_dump(mode="json"),
         }
-    writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, wandb=wandb)
+    writer: Any = (
+        MetricsWriter(run_dir, tensorboard=cfg.tensorboard, wandb=wandb)
+        if dist.main
+        else _NoWriter()
+    )
     closing.callback(writer.close)
     if cfg.rewards.checks:  # evaluation scores correctness: the task's verifier, not the checks
         st.eval_pool = RewardPool(
@@ -388,7 +454,7 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
         start = _restore(st, ckpt)
         writer.truncate_after(start)
         log(f"resumed from {ckpt} at step {start}")
-    else:
+    elif dist.main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "samples.jsonl").unlink(missing_ok=True)
     log(describe_sizes(st))
@@ -412,6 +478,8 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
     from tandem.report.progress import StepProgress
 
     def save(step: int) -> Path:
+        if not dist.main:  # rank 0 holds the same weights and state, and writes them
+            return run_dir / "checkpoints" / checkpoint_name(step)
         return save_checkpoint(
             run_dir,
             step,
@@ -426,12 +494,24 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
 
     bad: list[int] = []  # consecutive steps with a skipped (non-finite) update
     stopped_at = None
+    stop_by = None
     with StepProgress(
         cfg.steps, start, enabled=cfg.progress and sys.stdout.isatty(), log=log
     ) as bar:
         for k in range(start, cfg.steps):
             m = train_step(st, k)
             step = k + 1
+            stop_by = stop.got
+            if dist.on:  # a stop signal on any rank stops every rank after this step
+                seen = dist.gather((stop.got, m["perf/step_s"]), "the stop-signal check")
+                stop_by = next((f"{g} (rank {r})" for r, (g, _) in enumerate(seen) if g), None)
+                m["dist/step_s_max"] = max(t for _, t in seen)
+                m["dist/step_s_min"] = min(t for _, t in seen)
+                if not dist.main:
+                    rank_log(
+                        f"step {step}/{cfg.steps}: {m['perf/step_s']:.2f} s, "
+                        f"loss {m.get('loss/total', float('nan')):.4f}"
+                    )
             writer.write(step, m)
             if cfg.log.samples_every and (step % cfg.log.samples_every == 0 or step == 1):
                 writer.write_samples(
@@ -453,21 +533,25 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
                     f"loss or gradient, and their updates were skipped; {path} holds the weights "
                     f"of step {bad[0] - 1} (lower lr, or look at the data of those steps)"
                 )
-            if stop.got is not None:
+            if stop_by is not None:
                 path = save(step)
                 stopped_at = step
-                bar.log(
-                    f"stopped by {stop.got} at step {step}; checkpoint {path.name} saved; "
+                (bar.log if dist.main else rank_log)(
+                    f"stopped by {stop_by} at step {step}; checkpoint {path.name} saved; "
                     f"continue with: tandem train --resume {run_dir}"
                 )
                 break
             if (cfg.save_every and step % cfg.save_every == 0) or last:
                 save(step)
     writer.close()
+    if not dist.main:  # rank 0's summary, once it has written everything
+        return dist.broadcast(None, "the end-of-run summary")
     summary = summarize(cfg, run_dir, wall=time.perf_counter() - t_start)
     if stopped_at is not None:
-        summary["stopped_by"] = stop.got
+        summary["stopped_by"] = stop_by
         summary["stopped_at_step"] = stopped_at
+    if dist.on:
+        summary["ranks"] = dist.world
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
         plot_curves(
@@ -477,7 +561,7 @@ def _train(cfg, run_dir: Path, resume: bool, accept_config_change: bool, stop, c
         )
     except Exception as e:  # a plotting problem must not lose a finished run
         log(f"warning: could not draw curves.png: {e}")
-    return summary
+    return dist.broadcast(summary, "the end-of-run summary")
 
 
 def _controllers_read_eval(st: RunState, k: int, em: dict[str, float]) -> None:

@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -34,9 +34,10 @@ from tandem.experience import Batch, Item, microbatches, minibatches
 from tandem.model.lora import reference_module, set_reference
 from tandem.rewards.safe import score_batch
 from tandem.train.backend import Backend, step_generator
+from tandem.train.dist import Dist
 from tandem.train.filters import apply_filters
 from tandem.train.plan import Stage, Term
-from tandem.train.sources import DrawEnv
+from tandem.train.sources import DrawEnv, Rollout
 
 
 @dataclass
@@ -63,6 +64,9 @@ class RunState:
     """The reward pool evaluation scores with (None: the run's, `rewards.*`)."""
     last_items: list = field(default_factory=list)
     """The items the last step trained on (sample completions are logged from them)."""
+    dist: Dist = field(default_factory=Dist)
+    """This process's rank and the collectives of a data-parallel run (`tandem.train.dist`);
+    the default is the one-process run."""
 
     def stage_at(self, step: int) -> Stage:
         for s in self.stages:
@@ -175,18 +179,42 @@ def _enter(st: RunState, stage: Stage, k: int) -> None:
 
 def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]) -> DrawEnv:
     sizes = stage.sizes
+    dist = st.dist
 
     def generate(prompts, *, call: int, max_new_tokens: int, temperature: float, model="policy"):
+        # Each rank samples its slice of the prompts (the sampler's shard contract: the tokens
+        # one process samples for the whole list); every rank gets every rollout.
+        a, b = dist.slice(len(prompts))
         kw = dict(
             generator=step_generator(st.cfg.seed, k, salt=call),
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=sizes.top_p,
+            shard=(a, len(prompts)) if dist.on else None,
         )
-        if model == "reference":
+        out = Rollout([], [], [])
+        if b > a and model == "reference":
             with reference_module(st.reference) as ref:
-                return st.backend.generate(prompts, model=ref, **kw)
-        return st.backend.generate(prompts, **kw)
+                out = st.backend.generate(prompts[a:b], model=ref, **kw)
+        elif b > a:
+            out = st.backend.generate(prompts[a:b], **kw)
+        if not dist.on:
+            return out
+        parts = dist.gather(out, "the rollout gather")
+        return Rollout(*([x for p in parts for x in getattr(p, f.name)] for f in fields(Rollout)))
+
+    def score(exs, texts):
+        task = stage.task or st.task
+        if not dist.on:
+            return score_batch(task, exs, texts)
+        a, b = dist.slice(len(exs))
+        got = score_batch(task, exs[a:b], texts[a:b]) if b > a else ([], {})
+        parts = dist.gather(got, "the reward gather")
+        counts: dict[str, int] = defaultdict(int)
+        for _, c in parts:
+            for key, v in c.items():
+                counts[key] += v
+        return [x for p in parts for x in p[0]], dict(counts)
 
     return DrawEnv(
         step=k,
@@ -196,7 +224,7 @@ def _draw_env(st: RunState, stage: Stage, k: int, coefs: dict, items: list[Item]
         coefs=coefs,
         items=items,
         generate=generate,
-        score=lambda exs, texts: score_batch(stage.task or st.task, exs, texts),
+        score=score,
         inspect=lambda its: _inspect(st, its),
     )
 
@@ -317,9 +345,13 @@ def _no_grad_fill(
     """batch.needs[key] (and [values], [vocab]): the model's log-probs (values, whole-vocabulary
     log-probs) on these rows, 0 elsewhere."""
     got: dict[str, torch.Tensor] = {}
+    dist = st.dist
+    if dist.on:  # this rank's share of the rows; the others' arrive through the sum below
+        rows = [rows[i] for i in dist.own_rows(batch.rows(rows))]
     sub = batch.rows(rows)
     vh = st.value_head if values else None
-    for idx in microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts):
+    chunks = microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts)
+    for idx in chunks if rows else []:
         mb = sub.rows(idx)
         out = st.backend.forward(model, mb, value_head=vh, with_vocab=vocab is not None)
         t = mb.input_ids_BT.shape[1]
@@ -332,6 +364,17 @@ def _no_grad_fill(
                     (batch.size, batch.input_ids_BT.shape[1], *x.shape[2:]), device=batch.device
                 )
             got[name][sel, :t] = x.detach()
+    if dist.on:  # rows are disjoint and zero elsewhere: the sum is every rank's rows, exactly
+        n_vocab = model.get_output_embeddings().weight.shape[0]
+        full = {}
+        for name, tail in ((key, ()), (values, ()), (vocab, (n_vocab,))):
+            if name is not None:
+                full[name] = got.get(name)
+                if full[name] is None:
+                    shape = (batch.size, batch.input_ids_BT.shape[1], *tail)
+                    full[name] = torch.zeros(shape, device=batch.device)
+        dist.all_reduce_(list(full.values()), "the sum of the no-grad forward passes")
+        got = full
     batch.needs.update(got)
 
 
@@ -396,6 +439,7 @@ def _update(
     term names), also g_term · g_val for those terms, g_val the gradient of the held-out rows'
     token-mean NLL (logged `grad_dot/<term>`, `grad_dot/val_loss`)."""
     cfg = st.cfg
+    dist = st.dist
     norms = {t.name: _normalizer(batch, t, stage.sizes.max_new_tokens) for t in terms}
     measure = [t for t in terms if t.name in stage.grad_norm_terms]
     dot_terms = val[1] if val else frozenset()
@@ -413,7 +457,13 @@ def _update(
             g_val, out_m["grad_dot/val_loss"] = _val_grad(st, val[0], params)
         for gi, group in enumerate(groups):
             sub = batch.rows(_rows_of(batch, group))
-            chunks = microbatches(sub, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
+            if dist.on:  # this rank's whole groups and pairs (normalizers are the batch's)
+                sub = sub.rows(dist.own_rows(sub))
+            chunks = (
+                microbatches(sub, cfg.tokens_per_microbatch, by_prompt=cfg.share_prompts)
+                if sub.size
+                else []  # a rank can have no rows of a term (fewer units than ranks)
+            )
             prev = _stash_grads(params) if split else None
             wants = {x for t in group for x in t.needs}
             mixer = next((t for t in group if "ift_inputs" in t.needs), None)
@@ -445,12 +495,17 @@ def _update(
                     casts.close()  # before the last backward: let the shared bf16 weights go
                 loss.backward()
             if split:
+                dist.reduce_grads(params)  # the term's gradient over all ranks
                 name, c = group[0].name, group[0].coef(coefs) or 1.0
                 if name in dot_terms and g_val is not None:  # the term's own gradient · g_val
                     out_m[f"grad_dot/{name}"] = _dot(params, g_val) / c
                 norm = _merge_grads(params, prev) / abs(c)
                 if name in stage.grad_norm_terms:
                     out_m[f"grad_norm/{name}"] = norm
+    if not split:
+        dist.reduce_grads(params)
+    if dist.on:  # the losses and statistics of every rank's rows
+        out_m, stat_sums, mismatch = _sum_over_ranks(dist, out_m, stat_sums, mismatch)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
     losses = [v for key, v in out_m.items() if key.startswith("loss/")]
@@ -466,6 +521,26 @@ def _update(
     if first and mismatch[1]:
         out_m["rollout/logp_mismatch"] = mismatch[0] / mismatch[1]
     return dict(out_m)
+
+
+def _sum_over_ranks(dist: Dist, out_m: dict, stat_sums: dict, mismatch: list[float]):
+    """The update's loss parts, (sum, count) statistics and sampler mismatch summed over
+    ranks (a rank without rows of a term has none of its keys). Gradient norms and dot
+    products are left as they are: they were taken on the summed gradients."""
+    mine = {k: v for k, v in out_m.items() if k.startswith("loss/")}
+    parts = dist.gather((mine, dict(stat_sums), mismatch), "the loss sum")
+    out = defaultdict(float, {k: v for k, v in out_m.items() if not k.startswith("loss/")})
+    stats: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    mis = [0.0, 0.0]
+    for losses, st_sums, mm in parts:
+        for k, v in losses.items():
+            out[k] += v
+        for k, (a, n) in st_sums.items():
+            stats[k][0] += a
+            stats[k][1] += n
+        mis[0] += mm[0]
+        mis[1] += mm[1]
+    return out, stats, mis
 
 
 def _prepare(batch: Batch, terms: list[Term]) -> dict[str, dict[str, torch.Tensor]]:
@@ -575,12 +650,15 @@ def _val_grad(st: RunState, val: Batch, params: list[torch.Tensor]):
     are left empty."""
     n = float(val.target_mask_BT.sum()) or 1.0
     total = 0.0
-    for idx in microbatches(val, st.cfg.tokens_per_microbatch, by_prompt=False):
-        mb = val.rows(idx)
+    own = val.rows(st.dist.own_rows(val)) if st.dist.on else val
+    for idx in microbatches(own, st.cfg.tokens_per_microbatch, by_prompt=False):
+        mb = own.rows(idx)
         out = st.backend.forward(st.model, mb)
         loss = -(out.logp * mb.target_mask_BT).sum() / n
         loss.backward()
         total += float(loss.detach())
+    st.dist.reduce_grads(params)
+    (total,) = st.dist.sum_floats([total], "the held-out loss sum")
     return _stash_grads(params), total
 
 

@@ -104,9 +104,13 @@ class VllmRollout:
         eos_token_ids: list[int],
         pad_token_id: int,
         generator: torch.Generator,
+        shard: tuple[int, int] | None = None,
     ) -> Rollout:
         del model, pad_token_id  # vLLM holds its own copy of the policy
-        base = int(torch.randint(0, 2**31 - len(prompts), (), generator=generator))
+        # request i of a batch gets seed base + i; a rank's shard (offset, total) of a batch
+        # gets the seeds the whole batch's rows would get
+        offset, total = shard or (0, len(prompts))
+        base = int(torch.randint(0, 2**31 - total, (), generator=generator)) + offset
         params = [
             self._SamplingParams(
                 n=1,
