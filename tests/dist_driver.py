@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_driver.py SPEC
 
 SPEC is a JSON file: {"runs": [[override, ...], ...]}; each run is `tandem.train.loop.train`
-on the config of its overrides, on every rank, one after the other, so the ranks start (and
+on the config of its overrides (`distributed.strategy=ddp` unless they set it), on every rank, one after the other, so the ranks start (and
 import torch) once for all of them. A run that raises ends the driver with its error.
 """
 
@@ -26,7 +26,9 @@ def main(spec_path: str) -> None:
     rank = td.get_rank()
     try:
         for overrides in spec["runs"]:
-            cfg = load_config(None, [*overrides, "distributed.strategy=ddp"])
+            if not any(o.startswith("distributed.strategy=") for o in overrides):
+                overrides = [*overrides, "distributed.strategy=ddp"]
+            cfg = load_config(None, overrides)
             train(cfg, log=lambda s: print(s, flush=True) if rank else None)
     finally:
         td.destroy_process_group()

@@ -6,6 +6,9 @@ full-size updates where a gradient is near zero (docs/LOG.md, tenth session); in
 rounding is far below eps. Tolerance: relative 1e-5 on every logged loss and statistic, and
 on each updated weight tensor, max |w2 - w1| <= 1e-5 * max |w1|.
 
+The tests that start processes are marked `distributed` (`python -m pytest -q -m distributed`,
+about 7 min on 2 cores); the default run has the ones that do not.
+
 Ranks are launched two ways: `torchrun` (tests/dist_driver.py runs several runs in one
 process group) and plain processes with torchrun's environment variables, where a test needs
 each rank's pid (a signal to one rank, a rank that dies or hangs).
@@ -33,7 +36,7 @@ from tandem.experience import Item, collate
 from tandem.report.metrics import read_metrics
 from tandem.train.checkpoint import RunLock
 from tandem.train.dist import Dist, init_dist
-from tandem.train.loop import train
+from tandem.train.loop import build_state, train
 
 from .conftest import TINY
 from .test_train import PRESET_ARGS, PRESETS
@@ -42,8 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "dist_driver.py"
 # name -> (preset, extra overrides): the six of issue 15, and DPO on a LoRA adapter (the
 # reference is the base with the adapter off)
-EQUAL = {m: (m, []) for m in ["sft", "grpo", "chord", "luffy", "dpo", "ppo"]}
+SIX = ["sft", "grpo", "chord", "luffy", "dpo", "ppo"]
+EQUAL = {m: (m, []) for m in SIX}
 EQUAL["dpo_lora"] = ("dpo", ["model.lora.r=4", "model.lora.alpha=8"])
+EQUAL |= {f"{m}_fsdp2": (m, ["distributed.strategy=fsdp2"]) for m in SIX}
 # Logged values that are not the run's math: timings, and the sampler-vs-trainer log-prob
 # mismatch, which measures rounding itself.
 NOT_MATH = ("perf/", "dist/", "rollout/logp_mismatch")
@@ -211,13 +216,23 @@ def test_launch_settings_that_cannot_run_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(TandemError, match="distributed.strategy is none; set distributed"):
         init_dist("none", 60, "cpu")
-    with pytest.raises(TandemError, match="fsdp2 is not built yet; allowed now: none, ddp"):
-        init_dist("fsdp2", 60, "cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not init_dist("ddp", 60, "cpu").on  # the same recipe on one process
+    fsdp2 = Dist(rank=0, world=2, shards=True)
+    cfg = load_config(None, [*TINY, "model.lora.r=4"])
+    with pytest.raises(TandemError, match="fsdp2 does not run with model.lora or rollout"):
+        build_state(cfg, dist=fsdp2)
 
 
 # -------------------------------------------------------------- 2 ranks equal to 1 process
+
+
+@pytest.fixture(scope="module")
+def whole_ppo(warm_tiny, tmp_path_factory) -> Path:
+    """PPO for 4 steps in one process: what every resumed run must equal."""
+    whole = tmp_path_factory.mktemp("dist-whole")
+    train(load_config(None, equal_args("ppo", warm_tiny, whole, "steps=4")), log=lambda s: None)
+    return whole
 
 
 @pytest.fixture(scope="module")
@@ -228,23 +243,36 @@ def equal_runs(warm_tiny, tmp_path_factory):
         method, extra = EQUAL[name]
         return equal_args(method, warm_tiny, tmp / f"{name}-{ranks}", *extra)
 
-    for name in EQUAL:
-        train(load_config(None, args(name, 1)), log=lambda s: None)
+    for name in EQUAL:  # (the one-process run ignores distributed.strategy)
+        if not name.endswith("_fsdp2"):
+            train(load_config(None, args(name, 1)), log=lambda s: None)
     out = torchrun([args(name, 2) for name in EQUAL], tmp)
     return tmp, out
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("method", list(EQUAL))
 def test_two_ranks_match_one_process(method, equal_runs):
     tmp, out = equal_runs
-    assert_same_run(tmp / f"{method}-1", tmp / f"{method}-2")
+    assert_same_run(tmp / f"{method.removesuffix('_fsdp2')}-1", tmp / f"{method}-2")
+    if method == "ppo_fsdp2":  # the value head, sharded in its own unit
+        vh = [
+            load_file(
+                sorted((tmp / r / "checkpoints").glob("step_*"))[-1] / "value_head.safetensors"
+            )
+            for r in ("ppo-1", "ppo_fsdp2-2")
+        ]
+        for name, a in vh[0].items():
+            assert float((vh[1][name] - a).abs().max()) <= 1e-5 * float(a.abs().max()), name
     assert "[rank 1/2] step 3/3" in out  # every rank's progress is in the log
     rows = read_metrics(tmp / f"{method}-2" / "metrics.jsonl")
     assert sum("loss/total" in r for r in rows) == 3  # one writer: one row per step
     assert json.loads((tmp / f"{method}-2" / "summary.json").read_text())["ranks"] == 2
 
 
-def test_every_preset_runs_three_steps_on_two_ranks(warm_tiny, tmp_path):
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_every_preset_runs_three_steps_on_two_ranks(strategy, warm_tiny, tmp_path):
     tmp = tmp_path
     runs = [
         [
@@ -255,6 +283,7 @@ def test_every_preset_runs_three_steps_on_two_ranks(warm_tiny, tmp_path):
             "eval.prompts=4",
             "lr=5e-4",
             f"output_dir={tmp / m}",
+            f"distributed.strategy={strategy}",
             *PRESET_ARGS[m],
         ]
         for m in sorted(PRESETS)
@@ -272,17 +301,19 @@ def test_every_preset_runs_three_steps_on_two_ranks(warm_tiny, tmp_path):
 # ---------------------------------------------------------------- resume, stop, lost ranks
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
-def test_resume_on_another_number_of_ranks(before, after, warm_tiny, tmp_path):
-    whole = tmp_path / "whole"
-    train(load_config(None, equal_args("grpo", warm_tiny, whole, "steps=4")), log=lambda s: None)
+def test_resume_on_another_number_of_ranks(before, after, strategy, warm_tiny, whole_ppo, tmp_path):
+    """The optimizer state of a one-process checkpoint is keyed by position, an FSDP2 one's by
+    parameter name: each resumes into the other (PPO: the value head and its moments too)."""
     part = tmp_path / "part"
-    first = equal_args("grpo", warm_tiny, part, "steps=2")
+    first = equal_args("ppo", warm_tiny, part, "steps=2", f"distributed.strategy={strategy}")
     if before == 1:
         train(load_config(None, first), log=lambda s: None)
     else:
         torchrun([first], tmp_path)
-    resume = ["--resume", str(part), "steps=4", "distributed.strategy=ddp"]
+    resume = ["--resume", str(part), "steps=4", f"distributed.strategy={strategy}"]
     if after == 1:
         subprocess.run(
             [sys.executable, "-m", "tandem.cli", "train", *resume], check=True, capture_output=True
@@ -291,9 +322,10 @@ def test_resume_on_another_number_of_ranks(before, after, warm_tiny, tmp_path):
         procs = launch(resume)
         outs = [p.communicate(timeout=600)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), outs
-    assert_same_run(whole, part)
+    assert_same_run(whole_ppo, part)
 
 
+@pytest.mark.distributed
 def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(warm_tiny, tmp_path):
     out = tmp_path / "run"
     args = [*TINY, "method=grpo", f"model.name={warm_tiny}", "steps=200", "eval.prompts=0"]
@@ -316,6 +348,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(warm_tiny, tmp
     assert rows[-1]["step"] == summary["stopped_at_step"]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_lost_rank_makes_the_others_exit_with_a_message(how, warm_tiny, tmp_path):
     args = [*TINY, "method=grpo", f"model.name={warm_tiny}", "steps=200", "eval.prompts=0"]

@@ -284,7 +284,8 @@ class DistributedConfig(_Strict):
     strategy: Literal["none", "ddp", "fsdp2"] = "none"
     """`ddp`: every rank holds the whole model; rollouts, scoring and the forward/backward
     passes are sharded by whole prompt groups and pairs, gradients summed over ranks.
-    `fsdp2` (sharded parameters) is designed, not built: choosing it is an error for now."""
+    `fsdp2`: the same, with parameters, gradients and optimizer state sharded over ranks
+    (`torch.distributed.fsdp.fully_shard`; not with LoRA or vLLM yet)."""
     timeout_s: float = Field(600.0, gt=0)
     """How long a rank waits in a collective (a gradient sum, a gather) before it gives up on
     the others and exits with a message (a rank died or hangs)."""

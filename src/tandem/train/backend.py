@@ -161,12 +161,17 @@ class Backend:
         eos_token_ids: list[int],
         pad_token_id: int,
         tokenizer: Any = None,
+        sharded: Any = None,
     ) -> None:
         self.model, self.device, self.tokenizer = model, device, tokenizer
+        self.sharded = sharded
+        """FSDP2 (`tandem.train.fsdp.Sharded`): training runs through its root; sampling,
+        evaluation and no-grad inspection use its gathered full copy."""
         self.autocast_bf16, self.share_prompts = autocast_bf16, share_prompts
         self.eos_ids, self.pad_id = eos_token_ids, pad_token_id
         cpu_copy = (
             device.type == "cpu"
+            and sharded is None
             and autocast_bf16
             and next(model.parameters()).dtype == torch.float32
         )
@@ -211,7 +216,7 @@ class Backend:
         )
         if model is not None:  # (a LoRA run's reference is the policy's module, switched)
             return LocalRollout(self).generate(model, prompts, **kw)
-        policy = self.model
+        policy = self.plain_policy()
         if self.copy is not None:
             self.copy.refresh(self.model)
             self._fresh = True
@@ -223,11 +228,17 @@ class Backend:
         """The module to evaluate with: the refreshed bf16 copy when there is one (evaluation
         decodes like sampling), else the policy."""
         if self.copy is None:
-            yield self.model
+            yield self.plain_policy()
             return
         self.copy.refresh(self.model)
         self._fresh = True
         yield self.copy.module
+
+    def plain_policy(self) -> nn.Module:
+        """The policy as a plain module with the current weights: the model itself, or under
+        FSDP2 the gathered full copy (refreshing it is a collective: every rank calls this at
+        the same point)."""
+        return self.sharded.refresh() if self.sharded is not None else self.model
 
     def collate(self, items: list[Item]) -> Batch:
         return collate(items, self.pad_id, self.device)
@@ -266,7 +277,23 @@ class Backend:
     ) -> TokenLogProbs:
         """Log-probs (and entropies, values, whole-vocabulary log-probs) of the micro-batch's
         trained tokens. `mix` = (predicted ids (B, T), λ): on trained positions the input
-        embedding is (1 − λ)·E(token) + λ·E(prediction) (IFT), the targets unchanged."""
+        embedding is (1 − λ)·E(token) + λ·E(prediction) (IFT), the targets unchanged. Under
+        FSDP2 the policy's pass runs inside the sharded root (which unshards its weights)."""
+        kw = dict(with_entropy=with_entropy, with_vocab=with_vocab, mix=mix)
+        if self.sharded is not None and model is self.model:
+            return self.sharded.root(self._forward, mb, {**kw, "vh": value_head is not None})
+        return self._forward(model, mb, value_head=value_head, **kw)
+
+    def _forward(
+        self,
+        model: nn.Module,
+        mb: Batch,
+        *,
+        with_entropy: bool,
+        value_head: nn.Module | None,
+        with_vocab: bool,
+        mix: tuple[Tensor, float] | None,
+    ) -> TokenLogProbs:
         inputs = mb.model_inputs()
         args = (model, mb.input_ids_BT, mb.attention_mask_BT, mb.target_mask_BT)
         with self.autocast():
@@ -300,6 +327,8 @@ class Backend:
         """Called after every optimizer step: the sampling copy is stale and the rollout engine
         must take the new weights."""
         self._fresh = False
+        if self.sharded is not None:
+            self.sharded.fresh = False
         self.rollout.sync(self.model)
 
     def _release(self) -> None:

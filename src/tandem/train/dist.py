@@ -58,12 +58,20 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     timeout_s: float = 600.0
+    shards: bool = False
+    """FSDP2: the parameters are sharded and FSDP sums the gradients (`tandem.train.fsdp`)."""
     owns_group: bool = False
     """True when this run created the process group (and destroys it at the end)."""
 
     @property
     def on(self) -> bool:
         return self.world > 1
+
+    @property
+    def grad_scale(self) -> float:
+        """What each rank's loss is multiplied by before its backward pass: FSDP2's
+        reduce-scatter averages over ranks, where tandem's losses need the sum."""
+        return float(self.world) if self.shards else 1.0
 
     @property
     def main(self) -> bool:
@@ -151,7 +159,7 @@ class Dist:
     def reduce_grads(self, params: Sequence[torch.Tensor]) -> None:
         """p.grad summed over ranks for every parameter; a parameter no rank has a gradient
         for keeps `grad = None` (so the optimizer skips it, as in one process)."""
-        if not self.on:
+        if not self.on or self.shards:  # under FSDP2 the reduce-scatter has summed them
             return
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64)
         self.all_reduce_([has], "the gradient sum")
@@ -234,11 +242,6 @@ def init_dist(strategy: str, timeout_s: float, device_type: str) -> Dist:
             f"launched on {world} ranks (WORLD_SIZE={world}) but distributed.strategy is none; "
             "set distributed.strategy=ddp"
         )
-    if strategy != "ddp":
-        raise TandemError(
-            f"distributed.strategy={strategy} is not built yet; allowed now: none, ddp "
-            "(docs/distributed.md)"
-        )
     import torch.distributed as td
 
     rank = int(os.environ.get("RANK", "0"))
@@ -255,7 +258,12 @@ def init_dist(strategy: str, timeout_s: float, device_type: str) -> Dist:
             f"WORLD_SIZE={world} but the process group has {td.get_world_size()} ranks"
         )
     return Dist(
-        rank=td.get_rank(), world=world, local_rank=local, timeout_s=timeout_s, owns_group=owns
+        rank=td.get_rank(),
+        world=world,
+        local_rank=local,
+        timeout_s=timeout_s,
+        shards=strategy == "fsdp2",
+        owns_group=owns,
     )
 
 

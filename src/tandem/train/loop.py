@@ -76,6 +76,11 @@ def build_state(
     models they need, the backend and the optimizers. Nothing is trained. With a `dist` of
     several ranks, each rank takes its own CUDA device and rank 0's initial weights."""
     dist = dist or Dist()
+    if dist.shards and (cfg.model.lora is not None or cfg.rollout.backend != "local"):
+        raise TandemError(
+            "distributed.strategy=fsdp2 does not run with model.lora or rollout.backend=vllm "
+            "yet; use distributed.strategy=ddp"
+        )
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.model.device)
     if dist.on and device.type == "cuda":
@@ -117,12 +122,26 @@ def build_state(
         reference.eval().requires_grad_(False)
     value_head = None
     params = [p for p in model.parameters() if p.requires_grad]
+    # the optimizer's parameters by name, as FSDP2's optimizer state keys them
+    names = ["model." + n for n, p in model.named_parameters() if p.requires_grad]
     if any(s.holds_value_head() for s in stages):
         value_head = ValueHead(model.config.hidden_size).to(device)
         params += list(value_head.parameters())
+        names += ["value_head." + n for n, _ in value_head.named_parameters()]
+        if model_source is not None:  # resuming: the checkpoint's value head
+            from safetensors.torch import load_file
+
+            vh = Path(model_source).parent / "value_head.safetensors"
+            value_head.load_state_dict(load_file(vh))
     dist.broadcast_params(model)  # every rank starts from rank 0's weights
     if value_head is not None:
         dist.broadcast_params(value_head)
+    sharded = None
+    if dist.shards:
+        from tandem.train.fsdp import Sharded
+
+        sharded = Sharded(model, value_head)
+        params = sharded.parameters()
     opt = _adamw(params, cfg.lr, cfg)
     optimizers = {
         ph.optimizer: _adamw(params, ph.lr or s.lr, cfg)
@@ -147,6 +166,7 @@ def build_state(
         eos_token_ids=eos_token_ids(tok, model),
         pad_token_id=encoder.pad_id,
         tokenizer=tok,
+        sharded=sharded,
     )
     return RunState(
         cfg=cfg,
@@ -162,6 +182,7 @@ def build_state(
         reference=reference,
         value_head=value_head,
         dist=dist,
+        param_names=names,
     )
 
 
@@ -236,11 +257,50 @@ def _no_grad(ctx):
         yield
 
 
-def _trainer_state(st: RunState) -> dict[str, Any]:
+def _optimizer_state(st: RunState, opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's state; under FSDP2 gathered and keyed by parameter name (a collective)."""
+    sharded = st.backend.sharded
+    return sharded.optimizer_state(opt) if sharded is not None else opt.state_dict()
+
+
+def _load_optimizer_state(st: RunState, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state keyed by position (one process, DDP) or by parameter name
+    (FSDP2) into `opt`, whichever this run uses: a run resumes on another strategy too."""
+    by_name = any(isinstance(k, str) for k in state["state"]) or any(
+        isinstance(p, str) for g in state["param_groups"] for p in g["params"]
+    )
+    sharded = st.backend.sharded
+    if sharded is not None:
+        sharded.load_optimizer_state(opt, state if by_name else _keyed(state, st.param_names))
+    else:
+        opt.load_state_dict(_positional(state, st.param_names) if by_name else state)
+
+
+def _keyed(state: dict, names: list[str]) -> dict:
     return {
-        "optimizer": st.optimizer.state_dict(),
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+
+
+def _positional(state: dict, names: list[str]) -> dict:
+    index = {n: i for i, n in enumerate(names)}
+    return {
+        "state": {index[n]: v for n, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+
+
+def _trainer_state(st: RunState) -> dict[str, Any]:
+    """What trainer.pt holds (under FSDP2 gathering it is a collective: every rank calls it)."""
+    return {
+        "optimizer": _optimizer_state(st, st.optimizer),
         "scheduler": st.scheduler.state_dict(),
-        "optimizers": {n: o.state_dict() for n, o in st.optimizers.items()},
+        "optimizers": {n: _optimizer_state(st, o) for n, o in st.optimizers.items()},
         "stages": {s.name: s.state_dict() for s in st.stages},
         "ref_step": st.ref_step,
     }
@@ -249,10 +309,10 @@ def _trainer_state(st: RunState) -> dict[str, Any]:
 def _restore(st: RunState, ckpt: Path) -> int:
     """Load a checkpoint's trainer state into `st`; returns its step."""
     state = load_trainer_state(ckpt)
-    st.optimizer.load_state_dict(state["optimizer"])
+    _load_optimizer_state(st, st.optimizer, state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
     for name, opt in st.optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        _load_optimizer_state(st, opt, state["optimizers"][name])
     for s in st.stages:
         if s.name not in state["stages"]:
             raise TandemError(f"cannot resume: checkpoint {ckpt} has no state for stage {s.name}")
@@ -264,11 +324,7 @@ def _restore(st: RunState, ckpt: Path) -> int:
         else:
             st.reference.load_state_dict(load_model(str(ckpt / "ref_model"))[0].state_dict())
         st.ref_step = state["ref_step"]
-    if st.value_head is not None:
-        from safetensors.torch import load_file
-
-        st.value_head.load_state_dict(load_file(ckpt / "value_head.safetensors"))
-    return int(state["step"])
+    return int(state["step"])  # (the value head was loaded with the model, `build_state`)
 
 
 # Fields a resume may change without `accept_config_change`: they do not change what the run
@@ -478,18 +534,23 @@ def _train(
     from tandem.report.progress import StepProgress
 
     def save(step: int) -> Path:
+        state = _trainer_state(st)  # (under FSDP2 gathering these is a collective)
+        model = st.backend.plain_policy()
+        value_head = st.value_head
+        if value_head is not None and st.backend.sharded is not None:
+            value_head = st.backend.sharded.full_value_head()
         if not dist.main:  # rank 0 holds the same weights and state, and writes them
             return run_dir / "checkpoints" / checkpoint_name(step)
         return save_checkpoint(
             run_dir,
             step,
-            st.model,
+            model,
             st.tokenizer,
-            _trainer_state(st),
+            state,
             dump_config(cfg),
             cfg.keep_checkpoints,
             ref_model=st.reference if st.ref_step is not None else None,
-            value_head=st.value_head,
+            value_head=value_head,
         )
 
     bad: list[int] = []  # consecutive steps with a skipped (non-finite) update

@@ -36,6 +36,7 @@ from tandem.rewards.safe import score_batch
 from tandem.train.backend import Backend, step_generator
 from tandem.train.dist import Dist
 from tandem.train.filters import apply_filters
+from tandem.train.fsdp import local
 from tandem.train.plan import Stage, Term
 from tandem.train.sources import DrawEnv, Rollout
 
@@ -64,6 +65,9 @@ class RunState:
     """The reward pool evaluation scores with (None: the run's, `rewards.*`)."""
     last_items: list = field(default_factory=list)
     """The items the last step trained on (sample completions are logged from them)."""
+    param_names: list[str] = field(default_factory=list)
+    """The optimizer's parameters by name (`model.<name>`, `value_head.<name>`), in order: how
+    a saved optimizer state maps between one process or DDP and FSDP2."""
     dist: Dist = field(default_factory=Dist)
     """This process's rank and the collectives of a data-parallel run (`tandem.train.dist`);
     the default is the one-process run."""
@@ -170,7 +174,7 @@ def _enter(st: RunState, stage: Stage, k: int) -> None:
         for opt in (st.optimizer, *st.optimizers.values()):
             opt.state.clear()
     if stage.config.reference == "stage_start" and st.reference is not None:
-        set_reference(st.reference, st.model)
+        set_reference(st.reference, st.backend.plain_policy())
         st.ref_step = k
 
 
@@ -248,13 +252,14 @@ def _inspect(st: RunState, items: list[Item]) -> list[Inspection]:
     if not items:
         return []
     batch = st.backend.collate(items)
-    head = st.model.get_output_embeddings()
+    model = st.backend.plain_policy()
+    head = model.get_output_embeddings()
     w2 = float(head.weight.detach().float().pow(2).sum())
     out: list[Inspection] = [None] * len(items)  # type: ignore[list-item]
     with torch.no_grad(), st.backend.casts():
         for idx in microbatches(batch, st.cfg.tokens_per_microbatch, by_prompt=False):
             mb = batch.rows(idx)
-            res = st.model(
+            res = model(
                 input_ids=mb.input_ids_BT,
                 attention_mask=mb.attention_mask_BT,
                 output_hidden_states=True,
@@ -351,7 +356,13 @@ def _no_grad_fill(
     sub = batch.rows(rows)
     vh = st.value_head if values else None
     chunks = microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts)
-    for idx in chunks if rows else []:
+    chunks = chunks if rows else []
+    if model is st.model:  # (the reference is a plain module even under FSDP2)
+        chunks = _even(dist, chunks)
+    for idx in chunks:
+        if idx is None:  # FSDP2 padding: the units' gathers, nothing kept
+            st.backend.forward(model, batch.rows([0]), value_head=vh, with_vocab=vocab is not None)
+            continue
         mb = sub.rows(idx)
         out = st.backend.forward(model, mb, value_head=vh, with_vocab=vocab is not None)
         t = mb.input_ids_BT.shape[1]
@@ -467,8 +478,9 @@ def _update(
             prev = _stash_grads(params) if split else None
             wants = {x for t in group for x in t.needs}
             mixer = next((t for t in group if "ift_inputs" in t.needs), None)
+            chunks = _even(dist, chunks)
             for ci, idx in enumerate(chunks):
-                mb = sub.rows(idx)
+                mb = sub.rows(idx) if idx is not None else batch.rows([0])
                 out = st.backend.forward(
                     st.model,
                     mb,
@@ -477,6 +489,9 @@ def _update(
                     with_vocab="vocab_logp" in wants,
                     mix=(mb.needs["greedy_pred_BT"], mixer.params["mix"]) if mixer else None,
                 )
+                if idx is None:  # FSDP2 padding: a pass that contributes nothing
+                    (_zero(out) * dist.grad_scale).backward()
+                    continue
                 loss = None
                 for t in group:
                     value, stats = _term_value(t, out, mb, norms[t.name], prepared.get(t.name))
@@ -493,13 +508,13 @@ def _update(
                     mismatch[1] += float(bm.sum())
                 if gi == len(groups) - 1 and ci == len(chunks) - 1:
                     casts.close()  # before the last backward: let the shared bf16 weights go
-                loss.backward()
+                (loss * dist.grad_scale if dist.shards else loss).backward()
             if split:
                 dist.reduce_grads(params)  # the term's gradient over all ranks
                 name, c = group[0].name, group[0].coef(coefs) or 1.0
                 if name in dot_terms and g_val is not None:  # the term's own gradient · g_val
-                    out_m[f"grad_dot/{name}"] = _dot(params, g_val) / c
-                norm = _merge_grads(params, prev) / abs(c)
+                    out_m[f"grad_dot/{name}"] = _dot(params, g_val, dist) / c
+                norm = _merge_grads(params, prev, dist) / abs(c)
                 if name in stage.grad_norm_terms:
                     out_m[f"grad_norm/{name}"] = norm
     if not split:
@@ -521,6 +536,21 @@ def _update(
     if first and mismatch[1]:
         out_m["rollout/logp_mismatch"] = mismatch[0] / mismatch[1]
     return dict(out_m)
+
+
+def _even(dist: Dist, chunks: list) -> list:
+    """Under FSDP2 each forward and backward pass is a collective (the units gather their
+    weights and reduce-scatter their gradients), so every rank runs as many micro-batches as
+    the rank with the most: the others are padded with None (a pass of zero weight)."""
+    if not dist.shards:
+        return chunks
+    most = max(dist.gather(len(chunks), "the micro-batch count"))
+    return [*chunks, *([None] * (most - len(chunks)))]
+
+
+def _zero(out) -> torch.Tensor:
+    """0 that depends on every output of a forward pass (so its backward reaches every unit)."""
+    return sum(x.sum() * 0.0 for x in out if x is not None and x.requires_grad)
 
 
 def _sum_over_ranks(dist: Dist, out_m: dict, stat_sums: dict, mismatch: list[float]):
@@ -651,24 +681,29 @@ def _val_grad(st: RunState, val: Batch, params: list[torch.Tensor]):
     n = float(val.target_mask_BT.sum()) or 1.0
     total = 0.0
     own = val.rows(st.dist.own_rows(val)) if st.dist.on else val
-    for idx in microbatches(own, st.cfg.tokens_per_microbatch, by_prompt=False):
+    chunks = microbatches(own, st.cfg.tokens_per_microbatch, by_prompt=False) if own.size else []
+    for idx in _even(st.dist, chunks):
+        if idx is None:  # FSDP2 padding
+            (_zero(st.backend.forward(st.model, val.rows([0]))) * st.dist.grad_scale).backward()
+            continue
         mb = own.rows(idx)
         out = st.backend.forward(st.model, mb)
         loss = -(out.logp * mb.target_mask_BT).sum() / n
-        loss.backward()
+        (loss * st.dist.grad_scale if st.dist.shards else loss).backward()
         total += float(loss.detach())
     st.dist.reduce_grads(params)
     (total,) = st.dist.sum_floats([total], "the held-out loss sum")
     return _stash_grads(params), total
 
 
-def _dot(params: list[torch.Tensor], other: list[torch.Tensor | None]) -> float:
-    """Σ_p ⟨p.grad, other_p⟩ over the parameters where both exist."""
+def _dot(params: list[torch.Tensor], other: list[torch.Tensor | None], dist: Dist) -> float:
+    """Σ_p ⟨p.grad, other_p⟩ over the parameters where both exist (under FSDP2: of the local
+    shards, summed over ranks)."""
     out = 0.0
     for p, g in zip(params, other):
         if p.grad is not None and g is not None:
-            out += float((p.grad.double() * g.double()).sum())
-    return out
+            out += float((local(p.grad).double() * local(g).double()).sum())
+    return dist.sum_floats([out], "a gradient dot product")[0] if dist.shards else out
 
 
 def _stash_grads(params: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -679,14 +714,16 @@ def _stash_grads(params: list[torch.Tensor]) -> list[torch.Tensor | None]:
     return prev
 
 
-def _merge_grads(params: list[torch.Tensor], prev: list[torch.Tensor | None]) -> float:
+def _merge_grads(params: list[torch.Tensor], prev: list[torch.Tensor | None], dist: Dist) -> float:
     """The norm of the gradient just accumulated, then add back the stashed ones."""
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [local(p.grad) for p in params if p.grad is not None]
     norm = (
         float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
         if grads
         else 0.0
     )
+    if dist.shards:  # the local shards' norms, combined over ranks
+        norm = math.sqrt(dist.sum_floats([norm * norm], "a gradient norm")[0])
     for p, g in zip(params, prev):
         if g is not None:
             p.grad = g if p.grad is None else p.grad.add_(g)
