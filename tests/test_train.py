@@ -68,7 +68,7 @@ PRESET_ARGS = {
 }
 
 # First three values of loss/total and optim/grad_norm (and reward/mean for steps that sample)
-# for each preset, starting from the warm tiny model with seed 0: the gradient norm pins the
+# for each preset, starting from the warm tiny model's file (tests/data/warm_tiny) with seed 0: the gradient norm pins the
 # gradient, not only the samples (a ratio-1 policy-gradient loss is just -mean(A)). Regenerate with `python -m tests.test_train` after an
 # intentional change of the math, and say why in the commit.
 GOLDEN = {
@@ -304,8 +304,8 @@ def test_every_preset_has_a_golden_entry():
 
 
 @pytest.mark.parametrize("method", sorted(PRESETS))
-def test_golden_first_losses(method, warm_tiny, tmp_path):
-    rows = first_metrics(method, warm_tiny, tmp_path)
+def test_golden_first_losses(method, golden_warm, tmp_path):
+    rows = first_metrics(method, golden_warm, tmp_path)
     for key, expected in GOLDEN[method].items():
         got = [r.get(key) for r in rows]
         for g, e in zip(got, expected, strict=True):
