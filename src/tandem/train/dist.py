@@ -67,11 +67,10 @@ class Dist:
     def on(self) -> bool:
         return self.world > 1
 
-    @property
-    def grad_scale(self) -> float:
-        """What each rank's loss is multiplied by before its backward pass: FSDP2's
-        reduce-scatter averages over ranks, where tandem's losses need the sum."""
-        return float(self.world) if self.shards else 1.0
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call backward on: under FSDP2 times the number of ranks (its
+        reduce-scatter averages over ranks, where tandem's losses need the sum), else as is."""
+        return loss * float(self.world) if self.shards else loss
 
     @property
     def main(self) -> bool:

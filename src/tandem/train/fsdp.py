@@ -9,7 +9,7 @@ be a module whose `forward` is that call, or the embedding and the head would st
 
 Rows are still dealt by whole groups and every normalizer is global (`tandem.train.dist`);
 FSDP's reduce-scatter averages the gradients over ranks, so each rank's loss is scaled by the
-number of ranks before its backward pass (`Dist.grad_scale`): the update is the one-process
+number of ranks before its backward pass (`Dist.scaled`): the update is the one-process
 update. (Setting FSDP's gradient divide factor to 1 instead needs a PREMUL_SUM reduction,
 which gloo does not have.) Sampling, evaluation, the policy-as-reference and checkpoints use `full`, a plain copy
 of the model that `refresh` fills with the gathered weights after each update (a collective:

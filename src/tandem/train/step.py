@@ -355,8 +355,11 @@ def _no_grad_fill(
         rows = [rows[i] for i in dist.own_rows(batch.rows(rows))]
     sub = batch.rows(rows)
     vh = st.value_head if values else None
-    chunks = microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts)
-    chunks = chunks if rows else []
+    chunks = (
+        microbatches(sub, st.cfg.tokens_per_microbatch, by_prompt=st.cfg.share_prompts)
+        if rows
+        else []  # a rank can have none of these rows
+    )
     if model is st.model:  # (the reference is a plain module even under FSDP2)
         chunks = _even(dist, chunks)
     for idx in chunks:
@@ -490,7 +493,7 @@ def _update(
                     mix=(mb.needs["greedy_pred_BT"], mixer.params["mix"]) if mixer else None,
                 )
                 if idx is None:  # FSDP2 padding: a pass that contributes nothing
-                    (_zero(out) * dist.grad_scale).backward()
+                    dist.scaled(_zero(out)).backward()
                     continue
                 loss = None
                 for t in group:
@@ -508,7 +511,7 @@ def _update(
                     mismatch[1] += float(bm.sum())
                 if gi == len(groups) - 1 and ci == len(chunks) - 1:
                     casts.close()  # before the last backward: let the shared bf16 weights go
-                (loss * dist.grad_scale if dist.shards else loss).backward()
+                dist.scaled(loss).backward()
             if split:
                 dist.reduce_grads(params)  # the term's gradient over all ranks
                 name, c = group[0].name, group[0].coef(coefs) or 1.0
@@ -684,12 +687,12 @@ def _val_grad(st: RunState, val: Batch, params: list[torch.Tensor]):
     chunks = microbatches(own, st.cfg.tokens_per_microbatch, by_prompt=False) if own.size else []
     for idx in _even(st.dist, chunks):
         if idx is None:  # FSDP2 padding
-            (_zero(st.backend.forward(st.model, val.rows([0]))) * st.dist.grad_scale).backward()
+            st.dist.scaled(_zero(st.backend.forward(st.model, val.rows([0])))).backward()
             continue
         mb = own.rows(idx)
         out = st.backend.forward(st.model, mb)
         loss = -(out.logp * mb.target_mask_BT).sum() / n
-        (loss * st.dist.grad_scale if st.dist.shards else loss).backward()
+        st.dist.scaled(loss).backward()
         total += float(loss.detach())
     st.dist.reduce_grads(params)
     (total,) = st.dist.sum_floats([total], "the held-out loss sum")
