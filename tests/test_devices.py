@@ -27,10 +27,10 @@ QUIET = lambda s: None  # noqa: E731
 
 
 @pytest.fixture(scope="session")
-def warm(golden_warm):
+def warm(warm_tiny):
     """conftest's warm tiny model file, the start of the golden values of tests/test_train.py,
     so they apply on every device."""
-    return golden_warm
+    return warm_tiny
 
 
 def _state(out, method: str, warm, device: str, *overrides: str):

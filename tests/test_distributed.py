@@ -149,7 +149,9 @@ def assert_same_run(one: Path, two: Path, rtol: float = 1e-5) -> None:
         keys = {k for k in {*x, *y} if not k.startswith(NOT_MATH)}
         for k in sorted(keys):
             assert k in x and k in y, f"step {x['step']}: {k} only in one run"
-            assert y[k] == pytest.approx(x[k], rel=rtol, abs=1e-12), f"step {x['step']} {k}"
+            # abs 1e-7: a value that is 0 by the math is logged as its rounding remainder
+            # (GRPO's ratio-1 loss/pg is -mean(A): -1.3e-8 on one side, -1.9e-8 on the other)
+            assert y[k] == pytest.approx(x[k], rel=rtol, abs=1e-7), f"step {x['step']} {k}"
     wa, wb = weights(one), weights(two)
     assert wa.keys() == wb.keys()
     for name, a in wa.items():
@@ -228,20 +230,20 @@ def test_launch_settings_that_cannot_run_are_refused(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def whole_ppo(golden_warm, tmp_path_factory) -> Path:
+def whole_ppo(warm_tiny, tmp_path_factory) -> Path:
     """PPO for 4 steps in one process: what every resumed run must equal."""
     whole = tmp_path_factory.mktemp("dist-whole")
-    train(load_config(None, equal_args("ppo", golden_warm, whole, "steps=4")), log=lambda s: None)
+    train(load_config(None, equal_args("ppo", warm_tiny, whole, "steps=4")), log=lambda s: None)
     return whole
 
 
 @pytest.fixture(scope="module")
-def equal_runs(golden_warm, tmp_path_factory):
+def equal_runs(warm_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist-equal")
 
     def args(name: str, ranks: int) -> list[str]:
         method, extra = EQUAL[name]
-        return equal_args(method, golden_warm, tmp / f"{name}-{ranks}", *extra)
+        return equal_args(method, warm_tiny, tmp / f"{name}-{ranks}", *extra)
 
     for name in EQUAL:  # (the one-process run ignores distributed.strategy)
         if not name.endswith("_fsdp2"):
@@ -272,13 +274,13 @@ def test_two_ranks_match_one_process(method, equal_runs):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_every_preset_runs_three_steps_on_two_ranks(strategy, golden_warm, tmp_path):
+def test_every_preset_runs_three_steps_on_two_ranks(strategy, warm_tiny, tmp_path):
     tmp = tmp_path
     runs = [
         [
             *TINY,
             f"method={m}",
-            f"model.name={golden_warm}",
+            f"model.name={warm_tiny}",
             "steps=3",
             "eval.prompts=4",
             "lr=5e-4",
@@ -304,13 +306,11 @@ def test_every_preset_runs_three_steps_on_two_ranks(strategy, golden_warm, tmp_p
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
-def test_resume_on_another_number_of_ranks(
-    before, after, strategy, golden_warm, whole_ppo, tmp_path
-):
+def test_resume_on_another_number_of_ranks(before, after, strategy, warm_tiny, whole_ppo, tmp_path):
     """The optimizer state of a one-process checkpoint is keyed by position, an FSDP2 one's by
     parameter name: each resumes into the other (PPO: the value head and its moments too)."""
     part = tmp_path / "part"
-    first = equal_args("ppo", golden_warm, part, "steps=2", f"distributed.strategy={strategy}")
+    first = equal_args("ppo", warm_tiny, part, "steps=2", f"distributed.strategy={strategy}")
     if before == 1:
         train(load_config(None, first), log=lambda s: None)
     else:
@@ -328,9 +328,9 @@ def test_resume_on_another_number_of_ranks(
 
 
 @pytest.mark.distributed
-def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(golden_warm, tmp_path):
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(warm_tiny, tmp_path):
     out = tmp_path / "run"
-    args = [*TINY, "method=grpo", f"model.name={golden_warm}", "steps=200", "eval.prompts=0"]
+    args = [*TINY, "method=grpo", f"model.name={warm_tiny}", "steps=200", "eval.prompts=0"]
     procs = launch([*args, f"output_dir={out}", "distributed.strategy=ddp"])
     _read_until(procs[1], "[rank 1/2] step 2/200")
     # one lock for the run, held by rank 0: a second run in the directory is refused
@@ -352,8 +352,8 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(golden_warm, t
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("how", ["killed", "hung"])
-def test_a_lost_rank_makes_the_others_exit_with_a_message(how, golden_warm, tmp_path):
-    args = [*TINY, "method=grpo", f"model.name={golden_warm}", "steps=200", "eval.prompts=0"]
+def test_a_lost_rank_makes_the_others_exit_with_a_message(how, warm_tiny, tmp_path):
+    args = [*TINY, "method=grpo", f"model.name={warm_tiny}", "steps=200", "eval.prompts=0"]
     procs = launch(
         [
             *args,
