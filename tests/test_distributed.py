@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +35,12 @@ from tandem.config import load_config
 from tandem.errors import TandemError
 from tandem.experience import Item, collate
 from tandem.report.metrics import read_metrics
-from tandem.train.checkpoint import RunLock
+from tandem.train.checkpoint import (
+    RunLock,
+    latest_checkpoint,
+    load_trainer_state,
+    verify_checkpoint,
+)
 from tandem.train.dist import Dist, init_dist
 from tandem.train.loop import build_state, train
 
@@ -305,9 +311,10 @@ def test_every_preset_runs_three_steps_on_two_ranks(strategy, warm_tiny, tmp_pat
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (2, 2)])
 def test_resume_on_another_number_of_ranks(before, after, strategy, warm_tiny, whole_ppo, tmp_path):
-    """The optimizer state of a one-process checkpoint is keyed by position, an FSDP2 one's by
+    """The optimizer state of a one-process or DDP checkpoint is trainer.pt's, keyed by
+    position; an FSDP2 one is `torch.distributed.checkpoint` shards, one file per rank, keyed by
     parameter name: each resumes into the other (PPO: the value head and its moments too)."""
     part = tmp_path / "part"
     first = equal_args("ppo", warm_tiny, part, "steps=2", f"distributed.strategy={strategy}")
@@ -315,6 +322,20 @@ def test_resume_on_another_number_of_ranks(before, after, strategy, warm_tiny, w
         train(load_config(None, first), log=lambda s: None)
     else:
         torchrun([first], tmp_path)
+    ckpt = latest_checkpoint(part)
+    sharded = before == 2 and strategy == "fsdp2"
+    files = json.loads((ckpt / "manifest.json").read_text())
+    shards = {"optimizer/.metadata", "optimizer/__0_0.distcp", "optimizer/__1_0.distcp"}
+    assert shards <= set(files) if sharded else not any(f.startswith("optimizer/") for f in files)
+    assert (load_trainer_state(ckpt)["optimizer"] is None) == sharded
+    if sharded:  # the manifest covers the shard files: a changed one fails the check
+        copy = tmp_path / "copy"
+        shutil.copytree(ckpt, copy)
+        shard = copy / "optimizer" / "__1_0.distcp"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 1
+        shard.write_bytes(bytes(data))
+        assert verify_checkpoint(copy) == "optimizer/__1_0.distcp does not match its checksum"
     resume = ["--resume", str(part), "steps=4", f"distributed.strategy={strategy}"]
     if after == 1:
         subprocess.run(

@@ -10,6 +10,9 @@ Layout of RUN_DIR/checkpoints/step_000010/:
   ref_model/    the reference model, only when it is no longer the initial model (a stage
                 with `reference: stage_start`)
   value_head.safetensors   the PPO value head, when the run has one
+  optimizer/    under FSDP2 (`distributed.strategy: fsdp2`), instead of trainer.pt's optimizer
+                state: `torch.distributed.checkpoint` files, one `__<rank>_0.distcp` per rank
+                and `.metadata`, keyed by parameter name (a run resumes on any number of ranks)
 
   manifest.json  every other file's size and SHA-256, written last
 
@@ -93,7 +96,11 @@ def save_checkpoint(
     keep: int = 2,
     ref_model=None,
     value_head=None,
+    folders: dict[str, Path] | None = None,
 ) -> Path:
+    """Write step `step`'s checkpoint (the layout above) and point `latest` at it. `folders`:
+    {name: folder} written beforehand (every rank's optimizer shards under FSDP2), moved into
+    the checkpoint under `name` before its manifest, so the manifest covers their files."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -118,6 +125,10 @@ def save_checkpoint(
             save_file(value_head.state_dict(), tmp / "value_head.safetensors")
         torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
         (tmp / "config.yaml").write_text(config_yaml)
+        for sub, folder in (folders or {}).items():
+            Path(folder).rename(tmp / sub)
+            if not any(Path(folder).parent.iterdir()):  # the (now empty) staging folder
+                Path(folder).parent.rmdir()
         _write_manifest(tmp)
     except OSError as e:  # a full disk, a quota, a vanished directory: the old ones stay
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,16 +16,20 @@ of the model that `refresh` fills with the gathered weights after each update (a
 every rank calls it). That copy costs one model's memory per rank; what FSDP2 saves here is the
 gradients and the optimizer's moments (3x the model in fp32 AdamW).
 
-Checkpoints stay the one-process format: the model as a `save_pretrained` folder (from
-`full`), and the optimizer state gathered by `torch.distributed.checkpoint.state_dict`, keyed
-by parameter name, so a run resumes on any number of ranks. Not built yet: sharded
-checkpoint files (`torch.distributed.checkpoint.save`, for models whose state does not fit one
-rank's memory), LoRA and vLLM under FSDP2 (config errors).
+Checkpoints: the model as a `save_pretrained` folder (from `full`, so transformers, `tandem
+eval` and `tandem export` read it as any other), and the optimizers' state, the 2x-the-model
+part, written with `torch.distributed.checkpoint` (`save_optimizer_shards`): each rank writes
+its own shard file into the checkpoint's `optimizer/` folder, and nothing is gathered. The
+files are keyed by parameter name (the FQNs under `TrainModule`), so a run resumes on any
+number of ranks: FSDP2 ranks read the pieces of their new shards, a one-process or DDP run
+reads whole tensors into the same names (`load_optimizer_shards` on an unsharded
+`TrainModule`). Not built yet: LoRA and vLLM under FSDP2 (config errors).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,18 +92,9 @@ class Sharded:
                 dst.copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
         return out
 
-    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
-        """The optimizer's whole state keyed by parameter name (a collective)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
-
-        return get_optimizer_state_dict(
-            self.root, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-
     def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+        """Load a whole optimizer state keyed by parameter name (a one-process or DDP
+        checkpoint's trainer.pt, re-keyed) into this rank's shards."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
@@ -110,9 +105,48 @@ class Sharded:
         )
 
 
+def _states(root: nn.Module, opts: dict[str, torch.optim.Optimizer]) -> dict[str, dict]:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return {name: get_optimizer_state_dict(root, opt) for name, opt in opts.items()}
+
+
+def save_optimizer_shards(
+    root: nn.Module, opts: dict[str, torch.optim.Optimizer], path: Path
+) -> None:
+    """Write the optimizers' state under `path` with `torch.distributed.checkpoint`: one file
+    per rank with that rank's shards, and `.metadata` (a collective: every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_states(root, opts), checkpoint_id=path)
+
+
+def load_optimizer_shards(
+    root: nn.Module, opts: dict[str, torch.optim.Optimizer], path: Path, no_dist: bool
+) -> None:
+    """Load what `save_optimizer_shards` wrote, on any number of ranks: `root` is the sharded
+    `TrainModule` (a collective) or an unsharded one (`no_dist`: this process reads whole
+    tensors). The target state is the optimizers' own, initialised by a zero-lr step on zero
+    gradients (`get_optimizer_state_dict`) so that it has every tensor's shape."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    states = _states(root, opts)
+    dcp.load(states, checkpoint_id=path, no_dist=no_dist)
+    for name, opt in opts.items():
+        set_optimizer_state_dict(root, opt, optim_state_dict=states[name])
+        opt.zero_grad(set_to_none=True)  # the zero gradients of the initialising step
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (a plain tensor unchanged)."""
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-__all__ = ["Sharded", "TrainModule", "local"]
+__all__ = [
+    "Sharded",
+    "TrainModule",
+    "load_optimizer_shards",
+    "local",
+    "save_optimizer_shards",
+]

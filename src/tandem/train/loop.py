@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from tandem.rewards.pool import RewardPool
 from tandem.tasks import get_task
 from tandem.train.backend import Backend, resolve_device
 from tandem.train.checkpoint import (
+    CheckpointError,
     RunLock,
     checkpoint_name,
     latest_checkpoint,
@@ -257,12 +259,6 @@ def _no_grad(ctx):
         yield
 
 
-def _optimizer_state(st: RunState, opt: torch.optim.Optimizer) -> dict:
-    """The optimizer's state; under FSDP2 gathered and keyed by parameter name (a collective)."""
-    sharded = st.backend.sharded
-    return sharded.optimizer_state(opt) if sharded is not None else opt.state_dict()
-
-
 def _load_optimizer_state(st: RunState, opt: torch.optim.Optimizer, state: dict) -> None:
     """Load a saved optimizer state keyed by position (one process, DDP) or by parameter name
     (FSDP2) into `opt`, whichever this run uses: a run resumes on another strategy too."""
@@ -295,24 +291,73 @@ def _positional(state: dict, names: list[str]) -> dict:
     }
 
 
+OPTIMIZER_SHARDS = "optimizer"  # the checkpoint folder of FSDP2's optimizer state
+
+
+def _optimizers(st: RunState) -> dict[str, torch.optim.Optimizer]:
+    return {"main": st.optimizer, **st.optimizers}
+
+
 def _trainer_state(st: RunState) -> dict[str, Any]:
-    """What trainer.pt holds (under FSDP2 gathering it is a collective: every rank calls it)."""
+    """What trainer.pt holds. Under FSDP2 the optimizers' state is not in it: every rank
+    writes its shards into the checkpoint's `optimizer/` folder (`_save_shards`)."""
+    sharded = st.backend.sharded is not None
     return {
-        "optimizer": _optimizer_state(st, st.optimizer),
+        "optimizer": None if sharded else st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(),
-        "optimizers": {n: _optimizer_state(st, o) for n, o in st.optimizers.items()},
+        "optimizers": {n: None if sharded else o.state_dict() for n, o in st.optimizers.items()},
+        "optimizer_shards": OPTIMIZER_SHARDS if sharded else None,
         "stages": {s.name: s.state_dict() for s in st.stages},
         "ref_step": st.ref_step,
     }
 
 
+def _save_shards(st: RunState, run_dir: Path, step: int) -> Path:
+    """Every rank writes its optimizer shards (`torch.distributed.checkpoint`) into a staging
+    folder that rank 0's `save_checkpoint` then moves into the checkpoint, before its
+    manifest (a collective). A failed write raises `CheckpointError` on every rank."""
+    from tandem.train.fsdp import save_optimizer_shards
+
+    stage = run_dir / "checkpoints" / f".tmp-{checkpoint_name(step)}-shards"
+    if st.dist.main:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+    st.dist.barrier("the checkpoint's shard folder")
+    try:
+        save_optimizer_shards(st.backend.sharded.root, _optimizers(st), stage / OPTIMIZER_SHARDS)
+    except Exception as e:  # DCP raises the same CheckpointException on every rank
+        if st.dist.main:
+            shutil.rmtree(stage, ignore_errors=True)
+        last = latest_checkpoint(run_dir, log=lambda s: None)
+        kept = f"the last good checkpoint is {last}" if last else "there is no earlier checkpoint"
+        raise CheckpointError(
+            f"saving the optimizer shards of {checkpoint_name(step)} failed ({e}); {kept}"
+        ) from e
+    return stage
+
+
+def _restore_shards(st: RunState, path: Path) -> None:
+    """Load FSDP2 optimizer shards into this run, on any number of ranks and any strategy."""
+    from tandem.train.fsdp import TrainModule, load_optimizer_shards
+
+    sharded = st.backend.sharded
+    if sharded is not None:  # every rank reads the pieces of its own shards
+        load_optimizer_shards(sharded.root, _optimizers(st), path, no_dist=False)
+    else:  # whole tensors, under the same names (TrainModule's FQNs)
+        root = TrainModule(st.model, st.value_head)
+        load_optimizer_shards(root, _optimizers(st), path, no_dist=True)
+
+
 def _restore(st: RunState, ckpt: Path) -> int:
     """Load a checkpoint's trainer state into `st`; returns its step."""
     state = load_trainer_state(ckpt)
-    _load_optimizer_state(st, st.optimizer, state["optimizer"])
+    if state.get("optimizer_shards"):
+        _restore_shards(st, ckpt / state["optimizer_shards"])
+    else:
+        _load_optimizer_state(st, st.optimizer, state["optimizer"])
+        for name, opt in st.optimizers.items():
+            _load_optimizer_state(st, opt, state["optimizers"][name])
     st.scheduler.load_state_dict(state["scheduler"])
-    for name, opt in st.optimizers.items():
-        _load_optimizer_state(st, opt, state["optimizers"][name])
     for s in st.stages:
         if s.name not in state["stages"]:
             raise TandemError(f"cannot resume: checkpoint {ckpt} has no state for stage {s.name}")
@@ -534,8 +579,9 @@ def _train(
     from tandem.report.progress import StepProgress
 
     def save(step: int) -> Path:
-        state = _trainer_state(st)  # (under FSDP2 gathering these is a collective)
-        model = st.backend.plain_policy()
+        shards = _save_shards(st, run_dir, step) if st.backend.sharded is not None else None
+        state = _trainer_state(st)
+        model = st.backend.plain_policy()  # (under FSDP2 a gather: every rank calls it)
         value_head = st.value_head
         if value_head is not None and st.backend.sharded is not None:
             value_head = st.backend.sharded.full_value_head()
@@ -551,6 +597,7 @@ def _train(
             cfg.keep_checkpoints,
             ref_model=st.reference if st.ref_step is not None else None,
             value_head=value_head,
+            folders={OPTIMIZER_SHARDS: shards / OPTIMIZER_SHARDS} if shards else None,
         )
 
     bad: list[int] = []  # consecutive steps with a skipped (non-finite) update
