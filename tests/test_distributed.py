@@ -395,3 +395,73 @@ def test_a_lost_rank_makes_the_others_exit_with_a_message(how, warm_tiny, tmp_pa
     assert time.monotonic() - t0 < 90
     assert "rank 0 of 2:" in out0 and "did not complete" in out0, out0[-3000:]
     assert "Traceback" not in out0, out0[-3000:]
+
+
+def _pids_with_env(*pairs: str) -> list[int]:
+    """Processes of this user whose environment holds every `KEY=value` of `pairs`."""
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            items = set(env.read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if all(p.encode() in items for p in pairs):
+            found.append(int(env.parent.name))
+    return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.distributed
+def test_a_torchrun_restart_resumes_from_the_latest_checkpoint(warm_tiny, tmp_path):
+    """`torchrun --max-restarts 1`: rank 1 is killed mid-run, the agent stops rank 0 and starts
+    the group again with the same command line, which resumes from the run's latest checkpoint
+    (TORCHELASTIC_RESTART_COUNT > 0) instead of refusing the directory, and finishes the run."""
+    out = tmp_path / "run"
+    tag = f"TANDEM_TEST_RUN={out}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        "-m",
+        "tandem.cli",
+        "train",
+        *TINY,
+        "method=grpo",
+        f"model.name={warm_tiny}",
+        "steps=40",
+        "save_every=2",
+        "eval.prompts=0",
+        f"output_dir={out}",
+        "distributed.strategy=ddp",
+        "distributed.timeout_s=30",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        tag.split("=")[0]: str(out),
+    }
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _read_until(proc, "[rank 1/2] step 3/40")
+        pids = _pids_with_env(tag, "LOCAL_RANK=1", "TORCHELASTIC_RESTART_COUNT=0")
+        # the rank itself, not its reward workers (which inherit its environment)
+        (victim,) = [p for p in pids if _parent(p) not in pids]
+        os.kill(victim, signal.SIGKILL)
+        rest = proc.communicate(timeout=600)[0]
+    finally:
+        proc.kill()
+    (tmp_path / "torchrun.log").write_text(rest)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "torchrun restart 1: resuming" in rest, rest[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary.get("stopped_by") is None, summary
+    assert latest_checkpoint(out).name == "step_000040"

@@ -250,7 +250,20 @@ def init_dist(strategy: str, timeout_s: float, device_type: str) -> Dist:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        td.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart not in ("", "0"):
+            # After `torchrun --max-restarts` started the group again, the agent's store still
+            # holds the first attempt's keys, gloo's listening addresses among them: rank 0
+            # then connected to the dead rank's port ("Connection refused"). Each attempt's
+            # keys get their own prefix.
+            store, _, _ = next(td.rendezvous("env://", timeout=timeout))
+            store = td.PrefixStore(f"tandem/attempt_{restart}", store)
+            td.init_process_group(
+                backend=backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
+        else:
+            td.init_process_group(backend=backend, timeout=timeout)
         owns = True
     if td.get_world_size() != world:
         raise TandemError(

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -504,6 +505,12 @@ def _train(
     log = log if dist.main else (lambda text: None)  # what only rank 0 says
     t_start = time.perf_counter()
     start = 0
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if not resume and restarts and any((run_dir / "checkpoints").glob("step_*")):
+        # `torchrun --max-restarts N` started the group again after a rank died: go on from
+        # the run's latest checkpoint (the same command line, so the same config)
+        log(f"torchrun restart {restarts}: resuming {run_dir} from its latest checkpoint")
+        resume = True
     ckpt = latest_checkpoint(run_dir, log=log) if resume else None
     if resume and ckpt is None:
         raise TandemError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
