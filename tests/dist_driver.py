@@ -2,9 +2,12 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_driver.py SPEC
 
-SPEC is a JSON file: {"runs": [[override, ...], ...]}; each run is `tandem.train.loop.train`
-on the config of its overrides (`distributed.strategy=ddp` unless they set it), on every rank, one after the other, so the ranks start (and
-import torch) once for all of them. A run that raises ends the driver with its error.
+SPEC is a JSON file: {"runs": [[override, ...], ...], "skew_rank": R}; each run is
+`tandem.train.loop.train` on the config of its overrides (`distributed.strategy=ddp` unless
+they set it), on every rank, one after the other, so the ranks start (and import torch) once
+for all of them. A run that raises ends the driver with its error. `skew_rank` (optional):
+that rank draws one extra random number after each training step, a fault that makes its
+state differ from the others' (the test of the replicated-state check).
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path).read())
     td.init_process_group("gloo")
     rank = td.get_rank()
+    if spec.get("skew_rank") == rank:
+        import tandem.train.loop as loop
+
+        step = loop.train_step
+
+        def skewed(*args, **kwargs):
+            out = step(*args, **kwargs)
+            torch.rand(1)
+            return out
+
+        loop.train_step = skewed
     try:
         for overrides in spec["runs"]:
             if not any(o.startswith("distributed.strategy=") for o in overrides):

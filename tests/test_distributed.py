@@ -80,10 +80,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(runs: list[list[str]], tmp: Path, world: int = 2, timeout: float = 900) -> str:
-    """Every run of `runs` (override lists) on `world` gloo ranks under torchrun; the output."""
+def torchrun(
+    runs: list[list[str]], tmp: Path, world: int = 2, timeout: float = 900, skew_rank=None
+) -> str:
+    """Every run of `runs` (override lists) on `world` gloo ranks under torchrun; the output
+    (`skew_rank`: tests/dist_driver.py's fault)."""
     spec = tmp / f"spec-{time.monotonic_ns()}.json"
-    spec.write_text(json.dumps({"runs": runs}))
+    spec.write_text(json.dumps({"runs": runs, "skew_rank": skew_rank}))
     cmd = [
         sys.executable,
         "-m",
@@ -104,12 +107,15 @@ def torchrun(runs: list[list[str]], tmp: Path, world: int = 2, timeout: float = 
     return out
 
 
-def launch(args: list[str], world: int = 2) -> list[subprocess.Popen]:
-    """`tandem train ARGS` as `world` plain processes that find each other like torchrun's."""
+def launch(
+    args: list[str], world: int = 2, per_rank: dict[int, list[str]] | None = None
+) -> list[subprocess.Popen]:
+    """`tandem train ARGS` as `world` plain processes that find each other like torchrun's
+    (`per_rank`: more arguments for some ranks)."""
     port = _free_port()
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tandem.cli", "train", *args],
+            [sys.executable, "-m", "tandem.cli", "train", *args, *(per_rank or {}).get(r, [])],
             env=_env(world, r, port),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -395,6 +401,40 @@ def test_a_lost_rank_makes_the_others_exit_with_a_message(how, warm_tiny, tmp_pa
     assert time.monotonic() - t0 < 90
     assert "rank 0 of 2:" in out0 and "did not complete" in out0, out0[-3000:]
     assert "Traceback" not in out0, out0[-3000:]
+
+
+@pytest.mark.distributed
+def test_ranks_started_with_other_configs_are_refused(warm_tiny, tmp_path):
+    args = [*TINY, "method=grpo", f"model.name={warm_tiny}", "steps=2", "eval.prompts=0"]
+    procs = launch(
+        [*args, f"output_dir={tmp_path / 'run'}", "distributed.strategy=ddp"],
+        per_rank={1: ["seed=1"]},
+    )
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode != 0 for p in procs), outs
+    for out in outs:
+        assert "rank 1 was started with another config than rank 0 (seed: 0 -> 1)" in out, out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.distributed
+def test_ranks_that_diverge_are_stopped_at_the_checkpoint(warm_tiny, tmp_path):
+    """The replicated state (sources, buffers, controllers, LR schedule, RNG) is compared over
+    ranks at each checkpoint: a rank whose RNG drifts (one extra draw per step, injected by the
+    test driver) is caught there, with a message naming what differs."""
+    run = [
+        *TINY,
+        "method=grpo",
+        f"model.name={warm_tiny}",
+        "steps=2",
+        "eval.prompts=0",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    with pytest.raises(AssertionError):
+        torchrun([run], tmp_path, skew_rank=1)
+    out = (tmp_path / "torchrun.log").read_text()
+    assert "step 2: the torch RNG differs between rank 0 and ranks [1]" in out, out[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def _pids_with_env(*pairs: str) -> list[int]:

@@ -225,6 +225,40 @@ class Dist:
             self.owns_group = False
 
 
+def digest(obj: Any) -> str:
+    """A hash of a state made of dicts, lists, tuples, tensors, arrays and plain values (what
+    a stage's `state_dict` holds): equal states give equal hashes on every rank."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, list | tuple):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, np.ndarray):
+            h.update(f"{x.dtype}{x.shape}".encode() + np.ascontiguousarray(x).tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def world_from_env() -> int:
     """The number of ranks `torchrun` launched (1 when not launched by it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -279,4 +313,4 @@ def init_dist(strategy: str, timeout_s: float, device_type: str) -> Dist:
     )
 
 
-__all__ = ["Dist", "RankLost", "init_dist", "world_from_env"]
+__all__ = ["Dist", "RankLost", "digest", "init_dist", "world_from_env"]

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +338,30 @@ def _save_shards(st: RunState, run_dir: Path, step: int) -> Path:
     return stage
 
 
+def _check_replicated(st: RunState, state: dict[str, Any], step: int) -> None:
+    """Every rank must hold the same replicated state (each stage's sources, buffers and
+    controllers, the LR schedule, the RNG that sampling draws from): they are built from the
+    gathered experience, so a difference is a bug in tandem that makes the ranks train on
+    different data. Compared at each checkpoint, before it is written; raises naming the
+    parts that differ (one name is enough for a bug report; the values are not printed)."""
+    from tandem.train.dist import digest
+
+    parts = {f"stage {n}": v for n, v in state["stages"].items()}
+    parts["the LR schedule"] = state["scheduler"]
+    parts["the torch RNG"] = torch.get_rng_state()
+    mine = {k: digest(v) for k, v in parts.items()}
+    seen = st.dist.gather(mine, "the replicated-state check")
+    differ = sorted({k for other in seen for k in mine if other[k] != seen[0][k]})
+    if differ:
+        ranks = [r for r, other in enumerate(seen) if other != seen[0]]
+        raise TandemError(
+            f"step {step}: {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} "
+            f"between rank 0 and ranks {ranks} (built "
+            "from the same gathered experience, they must be equal: this is a bug, please "
+            "report it); this step's checkpoint was not written, the last one is intact"
+        )
+
+
 def _restore_shards(st: RunState, path: Path) -> None:
     """Load FSDP2 optimizer shards into this run, on any number of ranks and any strategy."""
     from tandem.train.fsdp import TrainModule, load_optimizer_shards
@@ -420,8 +445,8 @@ class _StopSignals:
             signal.signal(sig, h)
 
 
-def _config_changes(old_yaml: str, new_yaml: str) -> list[str]:
-    """`field: old -> new` for every leaf that differs (RESUME_FREE fields left out)."""
+def _config_changes(old_yaml: str, new_yaml: str, free: Collection[str] = RESUME_FREE) -> list[str]:
+    """`field: old -> new` for every leaf that differs (the `free` sections left out)."""
     import yaml
 
     def flat(x, pre=""):
@@ -437,7 +462,7 @@ def _config_changes(old_yaml: str, new_yaml: str) -> list[str]:
     return [
         f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}"
         for k in keys
-        if a.get(k) != b.get(k) and k.split(".")[0] not in RESUME_FREE
+        if a.get(k) != b.get(k) and k.split(".")[0] not in free
     ]
 
 
@@ -456,6 +481,7 @@ def train(
     device_type = resolve_device(cfg.model.device).type
     dist = init_dist(cfg.distributed.strategy, cfg.distributed.timeout_s, device_type)
     try:
+        _check_same_config(cfg, dist)
         with contextlib.ExitStack() as lock:
             failed = None
             if dist.main:
@@ -476,6 +502,22 @@ def train(
                 return _train(cfg, run_dir, resume, accept_config_change, stop, closing, log, dist)
     finally:
         dist.close()
+
+
+def _check_same_config(cfg: RunConfig, dist: Dist) -> None:
+    """Every rank must run the same config (a node started with another recipe or override
+    would train on other data, or write elsewhere): compared over ranks before anything runs."""
+    if not dist.on:
+        return
+    configs = dist.gather(dump_config(cfg), "the config check")
+    for rank, other in enumerate(configs):
+        changes = _config_changes(configs[0], other, free=set())
+        if changes:
+            raise TandemError(
+                f"rank {rank} was started with another config than rank 0 ("
+                + "; ".join(changes)
+                + "): every rank must run the same recipe and overrides"
+            )
 
 
 def _tagged(log, dist: Dist):
@@ -592,6 +634,8 @@ def _train(
         value_head = st.value_head
         if value_head is not None and st.backend.sharded is not None:
             value_head = st.backend.sharded.full_value_head()
+        if dist.on:
+            _check_replicated(st, state, step)
         if not dist.main:  # rank 0 holds the same weights and state, and writes them
             return run_dir / "checkpoints" / checkpoint_name(step)
         return save_checkpoint(
