@@ -125,16 +125,12 @@ def save_checkpoint(
             save_file(value_head.state_dict(), tmp / "value_head.safetensors")
         torch.save({"step": step, **trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
         (tmp / "config.yaml").write_text(config_yaml)
-        for sub, folder in (folders or {}).items():
+        for sub, folder in (folders or {}).items():  # (their emptied staging folders: _prune)
             Path(folder).rename(tmp / sub)
-            if not any(Path(folder).parent.iterdir()):  # the (now empty) staging folder
-                Path(folder).parent.rmdir()
         _write_manifest(tmp)
     except OSError as e:  # a full disk, a quota, a vanished directory: the old ones stay
         shutil.rmtree(tmp, ignore_errors=True)
-        last = latest_checkpoint(run_dir, log=lambda s: None)
-        kept = f"the last good checkpoint is {last}" if last else "there is no earlier checkpoint"
-        raise CheckpointError(f"saving checkpoint {name} failed ({e}); {kept}") from e
+        raise CheckpointError(f"saving checkpoint {name} failed ({e}); {last_good(run_dir)}") from e
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         old = root / f".old-{name}-{os.getpid()}"
         final.rename(old)  # `latest` briefly names a missing folder: loading falls back
@@ -145,6 +141,12 @@ def save_checkpoint(
     _atomic_write_text(root / "latest", name + "\n")
     _prune(root, keep, protect=name)
     return final
+
+
+def last_good(run_dir: Path) -> str:
+    """What a failed save leaves to resume from, in words."""
+    last = latest_checkpoint(run_dir, log=lambda s: None)
+    return f"the last good checkpoint is {last}" if last else "there is no earlier checkpoint"
 
 
 def _sha256(path: Path) -> str:

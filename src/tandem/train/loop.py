@@ -40,6 +40,7 @@ from tandem.train.checkpoint import (
     CheckpointError,
     RunLock,
     checkpoint_name,
+    last_good,
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -330,10 +331,9 @@ def _save_shards(st: RunState, run_dir: Path, step: int) -> Path:
     except Exception as e:  # DCP raises the same CheckpointException on every rank
         if st.dist.main:
             shutil.rmtree(stage, ignore_errors=True)
-        last = latest_checkpoint(run_dir, log=lambda s: None)
-        kept = f"the last good checkpoint is {last}" if last else "there is no earlier checkpoint"
         raise CheckpointError(
-            f"saving the optimizer shards of {checkpoint_name(step)} failed ({e}); {kept}"
+            f"saving the optimizer shards of {checkpoint_name(step)} failed ({e}); "
+            + last_good(run_dir)
         ) from e
     return stage
 
